@@ -1,0 +1,221 @@
+"""The one training loop every experiment uses.
+
+``train`` takes an init function, a loss, an Optax optimizer and arrays of data,
+and does the rest: restores the newest checkpoint of an interrupted run, keeps
+the dataset on device and sends only batch indices, runs jit-compiled steps
+(several per dispatch with ``lax.scan`` if asked), shards the batch over all
+devices, stops at the first non-finite loss or gradient, evaluates, writes
+metrics and checkpoints, and shows a progress bar.
+
+Determinism: the batch order comes from (seed, epoch) and every random key from
+(seed, step), so a resumed run replays exactly what an uninterrupted one does.
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import numpy as np
+import optax
+import tqdm
+
+from genmodels.training import checkpoint as checkpoint_lib
+from genmodels.training import metrics as metrics_lib
+from genmodels.training import sharding
+from genmodels.training import steps as steps_lib
+
+
+class NonFiniteError(RuntimeError):
+  """A loss or gradient became NaN or infinite; the state before it is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  num_steps: int
+  batch_size: int
+  seed: int = 0
+  log_every: int = 100
+  eval_every: int = 0  # 0: evaluate at the end only.
+  eval_batch_size: int = 4096
+  checkpoint_every: int = 1000  # 0: only at the end.
+  steps_per_dispatch: int = 1
+  progress: bool = True
+  num_devices: int | None = None  # None: all devices.
+
+  def validate(self, num_examples: int):
+    positive = ("batch_size", "log_every", "eval_batch_size", "steps_per_dispatch")
+    for name in positive:
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    for name in ("num_steps", "eval_every", "checkpoint_every"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+    if self.batch_size > num_examples:
+      raise ValueError(f"batch_size={self.batch_size} is larger than the "
+                       f"{num_examples} training examples: lower batch_size")
+    if self.checkpoint_every % self.log_every:
+      raise ValueError(f"checkpoint_every={self.checkpoint_every} must be a "
+                       f"multiple of log_every={self.log_every}")
+
+
+class EpochSampler:
+  """Batch indices for step s: epoch s // steps_per_epoch, shuffled from (seed, epoch)."""
+
+  def __init__(self, num_examples: int, batch_size: int, seed: int):
+    self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+    self.steps_per_epoch = num_examples // batch_size
+    self._cache: dict[int, np.ndarray] = {}
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._cache:
+      self._cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(
+          self.num_examples).astype(np.int32)}
+    return self._cache[epoch]
+
+  def indices(self, step: int, count: int = 1) -> np.ndarray:
+    """[count, batch_size] int32 indices for steps step .. step + count - 1."""
+    out = np.empty((count, self.batch_size), np.int32)
+    for i in range(count):
+      epoch, pos = divmod(step + i, self.steps_per_epoch)
+      out[i] = self.permutation(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
+    return out
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: steps_lib.TrainState
+  history: list[dict]
+  train_seconds: float
+  resumed_from: int  # 0 for a fresh run.
+
+  def last(self, split: str) -> dict:
+    return next((r for r in reversed(self.history) if r["split"] == split), {})
+
+
+def evaluate(eval_step: Callable, variables: Any, data: dict[str, np.ndarray],
+             batch_size: int, mesh=None) -> dict[str, float]:
+  """Means of per-example metrics over a whole split (padded last batch, masked)."""
+  n = len(next(iter(data.values())))
+  if mesh is not None:  # Batches must split evenly over the devices.
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+  sums: dict[str, float] = {}
+  for start in range(0, n, batch_size):
+    batch = {k: v[start:start + batch_size] for k, v in data.items()}
+    m = len(next(iter(batch.values())))
+    mask = np.arange(batch_size) < m
+    batch = {k: np.concatenate([v, np.repeat(v[:1], batch_size - m, 0)])
+             for k, v in batch.items()}
+    if mesh is not None:
+      batch, mask = jax.device_put((batch, mask), sharding.batch_sharded(mesh))
+    out = jax.device_get(eval_step(variables, batch, mask))
+    for k, v in out.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+  return {k: v / n for k, v in sums.items()}
+
+
+def _first_bad(metrics: dict) -> tuple[int, str] | None:
+  finite = np.asarray(metrics["finite"])
+  if finite.all():
+    return None
+  j = int(np.argmin(finite))
+  quantity = "loss" if not np.isfinite(metrics["loss"][j]) else "gradient norm"
+  return j, quantity
+
+
+def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
+          tx: optax.GradientTransformation, train_data: dict[str, np.ndarray],
+          config: LoopConfig, workdir: str,
+          eval_fn: Callable | None = None,
+          eval_data: dict[str, dict[str, np.ndarray]] | None = None,
+          ) -> TrainResult:
+  """Trains from scratch or resumes from ``workdir/checkpoints``.
+
+  Args:
+    init_fn: rng -> variables ({"params": ..., other collections}).
+    loss_fn: see ``steps.LossFn``.
+    tx: the Optax optimizer.
+    train_data: dict of arrays with the same leading size (kept on device).
+    config: loop settings.
+    workdir: where checkpoints/ and metrics.jsonl go.
+    eval_fn: (variables, batch) -> dict of per-example [B] metrics.
+    eval_data: {split name: dict of arrays}, evaluated every ``eval_every``
+      steps and at the end.
+  """
+  num_examples = len(next(iter(train_data.values())))
+  config.validate(num_examples)
+  mesh = sharding.make_mesh(config.num_devices)
+  if config.batch_size % mesh.size:
+    raise ValueError(f"batch_size={config.batch_size} must be a multiple of the "
+                     f"{mesh.size} devices")
+  repl = sharding.replicated(mesh)
+  seed_key = jax.random.key(config.seed)
+  init_key, seed_key = jax.random.split(seed_key)
+
+  state = steps_lib.create_train_state(init_fn(init_key), tx)
+  state = jax.device_put(state, repl)
+  ckpt = checkpoint_lib.Checkpointer(f"{workdir}/checkpoints", config.checkpoint_every)
+  restored = ckpt.restore_latest(state)
+  start = 0
+  if restored is not None:
+    start, state = restored
+    logging.info("resumed from the checkpoint at step %d", start)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+
+  data = jax.device_put(train_data, repl)
+  multi_step = jax.jit(steps_lib.make_multi_step(loss_fn), donate_argnums=(0,))
+  eval_step = jax.jit(steps_lib.make_eval_step(eval_fn)) if eval_fn else None
+  sampler = EpochSampler(num_examples, config.batch_size, config.seed)
+  index_sharding = sharding.batch_sharded(mesh, leading_axes=1)
+
+  def run_eval(step):
+    if eval_step is None or not eval_data:
+      return
+    for split, split_data in eval_data.items():
+      writer.write(step, split, evaluate(eval_step, state.variables, split_data,
+                                         config.eval_batch_size, mesh))
+
+  boundaries = [config.log_every, config.checkpoint_every, config.eval_every]
+  window: list[dict] = []
+  bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not config.progress,
+                  desc="train", unit="step", dynamic_ncols=True, leave=False)
+  t0 = time.perf_counter()
+  train_seconds = 0.0
+  step = start
+  try:
+    while step < config.num_steps:
+      nxt = min([config.num_steps] + [(step // b + 1) * b for b in boundaries if b])
+      count = min(config.steps_per_dispatch, nxt - step)
+      idx = jax.device_put(sampler.indices(step, count), index_sharding)
+      state, metrics = multi_step(state, data, idx, seed_key)
+      metrics = jax.device_get(metrics)
+      bad = _first_bad(metrics)
+      if bad is not None:
+        j, quantity = bad
+        saved = ckpt.steps()
+        raise NonFiniteError(
+            f"non-finite {quantity} at step {step + j}; stopped without applying "
+            f"it (last good checkpoint: step {saved[-1] if saved else 'none'}). "
+            f"Lower the learning rate or check the data")
+      window.extend({k: v[i] for k, v in metrics.items() if k != "finite"}
+                    for i in range(count))
+      step += count
+      bar.update(count)
+      if step % config.log_every == 0 or step == config.num_steps:
+        mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+        writer.write(step, "train", mean)
+        bar.set_postfix(loss=f"{mean['loss']:.4f}")
+        window = []
+      if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
+        run_eval(step)
+      ckpt.save(step, state)
+    train_seconds = time.perf_counter() - t0
+    ckpt.save(step, state, force=True)
+    run_eval(step)
+  finally:
+    bar.close()
+    writer.close()
+    ckpt.close()
+  return TrainResult(state=state, history=writer.records,
+                     train_seconds=train_seconds, resumed_from=start)
