@@ -12,10 +12,12 @@ import shutil
 import sys
 
 from absl import flags
+from absl import logging
 
 from genmodels.training import metrics as metrics_lib
 
 USAGE_EXIT = 2
+TRAINING_FAILED_EXIT = 1
 
 
 class UsageError(ValueError):
@@ -28,12 +30,22 @@ USER_ERRORS = (UsageError, ValueError, FileNotFoundError, PermissionError,
 
 
 def one_line_errors(main):
-  """Wraps an absl main: user errors -> one stderr line and exit status 2."""
+  """Wraps an absl main: user errors -> one stderr line and exit status 2.
+
+  A non-finite loss or gradient (``loop.NonFiniteError``) is reported the same
+  way with exit status 1: the run failed, the input was fine.
+  """
 
   @functools.wraps(main)
   def wrapped(argv):
+    from genmodels.training import loop  # pylint: disable=g-import-not-at-top
+    if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     try:
       return main(argv)
+    except loop.NonFiniteError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(TRAINING_FAILED_EXIT)
     except USER_ERRORS as e:
       msg = " ".join(str(e).split()) or type(e).__name__
       if isinstance(e, KeyError):

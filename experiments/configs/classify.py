@@ -1,0 +1,60 @@
+r"""Image classification configs: the book's settings and a fast recipe.
+
+  python experiments/classify.py --workdir=/tmp/cnn                          # book CNN
+  python experiments/classify.py --workdir=/tmp/mlp --config=experiments/configs/classify.py:mlp
+  python experiments/classify.py --workdir=/tmp/fast --config=experiments/configs/classify.py:fast
+
+Expected on Fashion-MNIST (offline Debian files), 10 epochs, 2 CPU cores, as
+measured on 2026-11-28 (see README for the table and wall times):
+  cnn (book):  test accuracy >= 0.895
+  mlp (book):  test accuracy >= 0.87
+  fast:        test accuracy >= 0.92 within the Keras CNN's wall time (~190 s)
+The book's CIFAR-10 results after 10 epochs: MLP 0.484, CNN 0.718
+(``--dataset=cifar10`` on a machine that can download it).
+
+Variants: cnn (default), mlp, fast, smoke (tiny, for tests).
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "cnn") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # The book's training: inputs in [0, 1], Adam 5e-4, batch 32, 10 epochs.
+  c.model = "cnn"
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.dataset = "fashion_mnist_offline"
+  c.data_dir = ""
+  c.manual_dir = ""
+  c.epochs = 10
+  c.batch_size = 32
+  c.learning_rate = 5e-4
+  c.schedule = "constant"
+  c.weight_decay = 0.0
+  c.label_smoothing = 0.0
+  c.seed = 0
+  c.num_train = 0  # 0: the whole split.
+  c.num_test = 0
+  c.eval_batch_size = 1000
+  c.steps_per_dispatch = 25
+  c.checkpoint_every_epochs = 1
+  variant = variant or "cnn"
+  if variant == "mlp":
+    c.model = "mlp"
+    c.steps_per_dispatch = 75
+  elif variant == "fast":
+    c.model = "cnn"
+    c.batch_size = 128
+    c.learning_rate = 3e-3
+    c.schedule = "onecycle"
+    c.weight_decay = 5e-4
+    c.label_smoothing = 0.1
+    c.epochs = 10
+    c.steps_per_dispatch = 12
+  elif variant == "smoke":
+    c.num_train, c.num_test = 256, 128
+    c.epochs, c.batch_size, c.steps_per_dispatch = 2, 32, 4
+  elif variant != "cnn":
+    raise ValueError(f"unknown classify config variant {variant!r}; "
+                     "valid: cnn, mlp, fast, smoke")
+  return c
