@@ -9,12 +9,11 @@ Writes results.json, report.md, figures/*.png and, per model, models/NAME/
 Run the same command again to resume an interrupted run.
 """
 
+import math
 import os
 import sys
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,8 +22,9 @@ from genmodels import density_mle
 from genmodels import models
 from genmodels import plotting
 from genmodels.data import world_map
+from genmodels.training import distributed
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "density_mle.py"),
     "ml_collections config file (optionally :variant).", lock_config=True)
 _MODEL = flags.DEFINE_string(
@@ -40,12 +40,26 @@ _LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Peak learning rate."
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete a different run in --workdir.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 _FIGURES = flags.DEFINE_bool("figures", True, "Write PNG figures and report.md.")
+_NUM_DEVICES = flags.DEFINE_integer(
+    "num_devices", None, "Data-parallel width: devices in the mesh, over all "
+    "processes (default: all).", lower_bound=1)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: host:port of process 0 "
+    "(with --num_processes and --process_id; all share --workdir).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: "
+                                      "number of processes.", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this "
+                                   "process's rank, 0..num_processes-1.",
+                                   lower_bound=0)
 
 
 def resolve_config():
   """The config with flag overrides applied, and the models to run."""
   names = (list(density_mle.LADDER) if _MODEL.value == "ladder"
            else [n.strip() for n in _MODEL.value.split(",") if n.strip()])
+  if not names:
+    raise cli.UsageError("--model names no model; valid: ladder, "
+                         f"{', '.join(models.DENSITY_MODELS)}")
   for name in names:
     if name not in models.DENSITY_MODELS:
       raise cli.UsageError(f"unknown --model {name!r}; valid: ladder, "
@@ -57,8 +71,13 @@ def resolve_config():
     config.num_train = _NUM_TRAIN.value
   for flag, key in ((_NUM_STEPS, "num_steps"), (_BATCH_SIZE, "batch_size"),
                     (_LEARNING_RATE, "learning_rate")):
-    if flag.value is not None and flag.value <= 0:
+    if flag.value is not None and not 0 < flag.value < math.inf:
       raise cli.UsageError(f"--{key} must be positive, got {flag.value}")
+  if not 0 <= config.seed < 2**31:
+    raise cli.UsageError(f"--seed must be in [0, 2**31), got {config.seed}")
+  for key in ("num_train", "num_validation", "num_test"):
+    if config[key] <= 0:
+      raise cli.UsageError(f"{key} must be positive, got {config[key]}")
   for name in names:
     m = config.models[name]
     if m.num_steps:  # Closed-form models take no training knobs.
@@ -70,9 +89,18 @@ def resolve_config():
         raise cli.UsageError(
             f"batch size {m.batch_size} of {name} is larger than the "
             f"{config.num_train} training points: lower --batch_size")
-  for key in ("num_train", "num_validation", "num_test"):
-    if config[key] <= 0:
-      raise cli.UsageError(f"{key} must be positive, got {config[key]}")
+      for key in ("learning_rate", "grad_clip"):
+        if not 0 < m[key] < math.inf:
+          raise cli.UsageError(f"{name}: {key} must be positive, got {m[key]}")
+      if m.warmup_steps < 0:
+        raise cli.UsageError(f"{name}: warmup_steps must be >= 0, got {m.warmup_steps}")
+    else:  # Never used, but the loop checks it against the data size.
+      m.batch_size = min(m.batch_size, config.num_train)
+    try:  # The loop's own checks, before the workdir is written.
+      loop_config = density_mle._loop_config(m, config.seed, False)  # pylint: disable=protected-access
+      loop_config.validate(config.num_train)
+    except ValueError as e:
+      raise cli.UsageError(f"{name}: {e}") from e
   return config, names
 
 
@@ -114,10 +142,17 @@ def write_report(workdir, rows, figures):
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments {argv[1:]}: pass options as --flags")
+  # Before anything touches a device: join the other processes, if any.
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, names = resolve_config()
-  workdir = cli.prepare_workdir(
+  workdir = distributed.main_process_first(lambda: cli.prepare_workdir(
       _WORKDIR.value, {"config": config.to_dict(), "models": names},
-      overwrite=_OVERWRITE.value)
+      overwrite=_OVERWRITE.value))
+  if _NUM_DEVICES.value:  # After config.json: a run may resume on other devices.
+    for name in names:
+      with config.models[name].unlocked():
+        config.models[name].num_devices = _NUM_DEVICES.value
+  main_process = distributed.is_main_process()  # writes results, report, figures
   data = world_map.load(config.num_train, config.num_validation, config.num_test,
                         seed=config.seed)
   rows, figures = {}, {}
@@ -127,13 +162,15 @@ def main(argv):
         name, config.models[name], data, workdir, seed=config.seed,
         progress=_PROGRESS.value)
     rows[name] = row
-    density_mle.write_results(workdir, rows)
-    if _FIGURES.value:
+    if main_process:
+      density_mle.write_results(workdir, rows)
+    if _FIGURES.value and main_process:
       figures[name] = write_figures(workdir, name, trained, result, data)
-  table = write_report(workdir, rows, figures)
+  table = (write_report(workdir, rows, figures) if main_process
+           else density_mle.format_table(rows, world_map.entropy()))
   print(table)
   print(f"\nresults: {os.path.join(workdir, 'results.json')}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,12 +7,15 @@ and the fix, and exit status 2, never a traceback.
 
 import functools
 import json
+import logging as py_logging
 import os
 import shutil
 import sys
 
+from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 from genmodels.training import metrics as metrics_lib
 
@@ -24,9 +27,75 @@ class UsageError(ValueError):
   """An error in what the user asked for; the message says how to fix it."""
 
 
-USER_ERRORS = (UsageError, ValueError, FileNotFoundError, PermissionError,
-               NotADirectoryError, IsADirectoryError, KeyError,
-               flags.Error)
+USER_ERRORS = (UsageError, ValueError, OSError, KeyError, flags.Error)
+INTERRUPTED_EXIT = 130
+
+
+def one_line(error: BaseException) -> str:
+  """An exception as one line: whitespace (newlines included) collapsed."""
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def fail(message: str, status: int = USAGE_EXIT):
+  """Prints ``error: message`` on one stderr line and exits with ``status``."""
+  sys.stdout.flush()
+  print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+# Errors found while the entry point's flags were being defined (at import),
+# reported by ``parse_flags``.
+_DEFINE_ERRORS: list[str] = []
+
+
+def define_config_file(name: str, default: str, help_string: str, **kwargs):
+  """``config_flags.DEFINE_config_file``; a bad ``--NAME.field`` fails at parse time.
+
+  Without ``--NAME`` on the command line, ml_collections loads the default
+  config and resolves the ``--NAME.field=value`` overrides in ``sys.argv``
+  while the flag is being *defined*, at import, where a mistyped field is a
+  traceback before any handler runs. Here the error waits for
+  ``parse_flags``, which reports it in one line.
+  """
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    overrides = [a.split("=", 1)[0] for a in sys.argv[1:]
+                 if a.lstrip("-").startswith(f"{name}.")]
+    _DEFINE_ERRORS.append(
+        f"bad override {' '.join(overrides)} ({type(e).__name__}: "
+        f"{one_line(e)}): override only fields the config has (see --helpfull)")
+    kwargs["sys_argv"] = sys.argv[:1]  # Define it without the overrides.
+    return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a bad flag is one line and exit status 2.
+
+  absl's own parser prints a multi-line usage hint (for a bad ``--config``, a
+  whole traceback) and exits with 1.
+  """
+  if _DEFINE_ERRORS:
+    fail(_DEFINE_ERRORS[0])
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    # flags.Error, and whatever a config file's get_config raises.
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # ml_collections' wrapping
+      head = one_line(text.split("Traceback (most recent call last)")[0])
+      last = [line for line in text.splitlines() if line.strip()][-1]
+      text = f"{head.rstrip(': ')}: {last.strip()}"
+    fail(f"{one_line(text) if text.strip() else type(e).__name__} (see --helpfull)")
+
+
+def run(main, argv: list[str] | None = None):
+  """``app.run`` for an entry point: bad flags and user errors are one line.
+
+  Use with a main wrapped in ``one_line_errors``:
+  ``if __name__ == "__main__": cli.run(main)``.
+  """
+  app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 def one_line_errors(main):
@@ -41,19 +110,42 @@ def one_line_errors(main):
     from genmodels.training import loop  # pylint: disable=g-import-not-at-top
     if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+      _show_only_our_warnings()
     try:
       return main(argv)
     except loop.NonFiniteError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(TRAINING_FAILED_EXIT)
+      fail(one_line(e), TRAINING_FAILED_EXIT)
+    except MemoryError as e:
+      fail(f"out of memory ({one_line(e)}): lower the sizes asked for "
+           f"(examples, batch size, model size)")
+    except KeyboardInterrupt:
+      fail("interrupted; run the same command again to resume from the last "
+           "checkpoint", INTERRUPTED_EXIT)
     except USER_ERRORS as e:
-      msg = " ".join(str(e).split()) or type(e).__name__
+      msg = one_line(e)
       if isinstance(e, KeyError):
         msg = f"unknown key {msg}"
-      print(f"error: {msg}", file=sys.stderr)
-      sys.exit(USAGE_EXIT)
+      fail(msg)
 
   return wrapped
+
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _OurWarningsOnly(py_logging.Filter):
+  """Drops libraries' (tfds, Orbax) warnings; keeps ours and every error."""
+
+  def filter(self, record):
+    return (record.levelno >= py_logging.ERROR
+            or os.path.abspath(record.pathname).startswith(_REPO_ROOT + os.sep))
+
+
+def _show_only_our_warnings():
+  """Without --verbosity, stderr shows genmodels' warnings, not tfds' or Orbax's."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _OurWarningsOnly) for f in handler.filters):
+    handler.addFilter(_OurWarningsOnly())
 
 
 def prepare_workdir(workdir: str, config: dict, overwrite: bool = False) -> str:

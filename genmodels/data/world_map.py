@@ -77,6 +77,8 @@ def entropy() -> float:
 def _cell_index(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Row and column of the mask cell holding each (lon, lat) point."""
   points = np.asarray(points, dtype=np.float64)
+  # NaN has no cell (and would cast to a garbage index); callers mask it out.
+  points = np.where(np.isfinite(points), points, 0.0)
   n_rows, n_cols = 180 * CELLS_PER_DEGREE, 360 * CELLS_PER_DEGREE
   rows = np.floor((LAT_RANGE[1] - points[..., 1]) * CELLS_PER_DEGREE)
   cols = np.floor((points[..., 0] - LON_RANGE[0]) * CELLS_PER_DEGREE)

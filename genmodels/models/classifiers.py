@@ -12,6 +12,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 
 def _as_float(x, dtype) -> jnp.ndarray:
@@ -37,6 +38,43 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
+def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                precision=None):
+  """`lax.conv_general_dilated` for NHWC x HWIO as im2col and one matmul.
+
+  The padded input's kh*kw shifted (strided) views are concatenated along the
+  channels into patches [N, H', W', kh*kw*C] and multiplied by the kernel
+  reshaped to [kh*kw*C, O]: the same sums as the convolution, in another order.
+  Its gradients are matmuls plus pads and slices, so XLA:CPU runs all of them
+  through its matmul library, also inside `lax.scan` (the engine's multi-step),
+  where it runs the weight-gradient convolution as a slow naive loop (see
+  benchmarks/README.md). Drop-in for flax's `nn.Conv(conv_general_dilated=...)`.
+  """
+  kh, kw, cin, cout = rhs.shape
+  if (lhs.ndim != 4 or feature_group_count != 1
+      or any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))):
+    raise NotImplementedError("im2col_conv supports 2-D, ungrouped, undilated "
+                              "convolutions only")
+  if dimension_numbers is not None and tuple(dimension_numbers.lhs_spec) != (0, 3, 1, 2):
+    raise NotImplementedError(f"im2col_conv needs NHWC inputs, got {dimension_numbers}")
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
+  x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  sh, sw = window_strides
+  ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  views = [lax.slice(x, (0, i, j, 0),
+                     (x.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
+                     (1, sh, sw, 1))
+           for i in range(kh) for j in range(kw)]
+  patches_NxHxWxK = jnp.concatenate(views, axis=-1)  # K = (i, j, c), as rhs's layout
+  return lax.dot_general(patches_NxHxWxK, rhs.reshape(kh * kw * cin, cout),
+                         (((3,), (0,)), ((), ())), precision=precision)
+
+
+CONV_IMPLS = ("xla", "im2col")
+
+
 class CNN(nn.Module):
   """The book's Keras CNN: 4 x (Conv 3x3, BatchNorm, LeakyReLU 0.3), then
   Dense 128, BatchNorm, LeakyReLU, Dropout 0.5, Dense num_classes.
@@ -44,10 +82,16 @@ class CNN(nn.Module):
   BatchNorm matches Keras (momentum 0.99, epsilon 1e-3): batch statistics and a
   `batch_stats` update when `train`, running averages otherwise. Dropout draws
   from the 'dropout' rng when `train`.
+
+  `conv_impl` picks how the convolutions run, with the same parameters (names,
+  shapes, values) and the same outputs up to float rounding: "xla"
+  (`lax.conv_general_dilated`, the default) or "im2col" (`im2col_conv`, much
+  faster to train on CPU inside the engine's `lax.scan`; see benchmarks/).
   """
 
   num_classes: int = 10
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -56,9 +100,14 @@ class CNN(nn.Module):
                        epsilon=1e-3, dtype=self.dtype)(x)
       return nn.leaky_relu(x, negative_slope=0.3)
 
+    if self.conv_impl not in CONV_IMPLS:
+      raise ValueError(f"unknown conv_impl {self.conv_impl!r}; valid: "
+                       f"{', '.join(CONV_IMPLS)}")
+    conv_fn = im2col_conv if self.conv_impl == "im2col" else None
     x = _as_float(x, self.dtype)
     for filters, stride in ((32, 1), (32, 2), (64, 1), (64, 2)):
-      x = nn.Conv(filters, (3, 3), strides=stride, padding="SAME", dtype=self.dtype)(x)
+      x = nn.Conv(filters, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
+                  conv_general_dilated=conv_fn)(x)
       x = norm_act(x)
     x = x.reshape((x.shape[0], -1))
     x = norm_act(nn.Dense(128, dtype=self.dtype)(x))

@@ -200,7 +200,11 @@ class SplineFlow(_Flow):
 
   def to_base_space(self, x):
     lo, hi = np.asarray(self.lo), np.asarray(self.hi)
-    return (x - lo) / (hi - lo), -float(np.sum(np.log(hi - lo)))
+    # Clip: in float32 a point on the upper edge can map to 1 + ulp, and with one
+    # layer the untransformed coordinate would then fall off the base box.
+    # Points off the data box get -inf in log_prob.
+    u = jnp.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    return u, -float(np.sum(np.log(hi - lo)))
 
   def from_base_space(self, u):
     lo, hi = np.asarray(self.lo), np.asarray(self.hi)

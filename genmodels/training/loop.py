@@ -9,6 +9,10 @@ metrics and checkpoints, and shows a progress bar.
 
 Determinism: the batch order comes from (seed, epoch) and every random key from
 (seed, step), so a resumed run replays exactly what an uninterrupted one does.
+
+Multi-process (after ``distributed.initialize``): every process runs this same
+loop on the same data; each sends only its own slice of every batch's indices,
+process 0 alone writes metrics, and Orbax writes one checkpoint from all.
 """
 
 import dataclasses
@@ -107,12 +111,28 @@ def evaluate(eval_step: Callable, variables: Any, data: dict[str, np.ndarray],
     mask = np.arange(batch_size) < m
     batch = {k: np.concatenate([v, np.repeat(v[:1], batch_size - m, 0)])
              for k, v in batch.items()}
-    if mesh is not None:
-      batch, mask = jax.device_put((batch, mask), sharding.batch_sharded(mesh))
+    if mesh is not None:  # (every process holds the whole split: see sharding.put)
+      batch, mask = sharding.put((batch, mask), sharding.batch_sharded(mesh))
     out = jax.device_get(eval_step(variables, batch, mask))
     for k, v in out.items():
       sums[k] = sums.get(k, 0.0) + float(v)
   return {k: v / n for k, v in sums.items()}
+
+
+class _MemoryWriter:
+  """The records of a MetricWriter, without files: for processes other than 0."""
+
+  def __init__(self):
+    self.records: list[dict] = []
+
+  def write(self, step: int, split: str, metrics: dict):
+    record = {"step": int(step), "split": split, **metrics_lib.to_python(metrics)}
+    self.records = [r for r in self.records  # a rewritten (step, split) replaces
+                    if (r["step"], r["split"]) != (record["step"], split)]
+    self.records.append(record)
+
+  def close(self):
+    pass
 
 
 def _first_bad(metrics: dict) -> tuple[int, str] | None:
@@ -154,16 +174,19 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
   init_key, seed_key = jax.random.split(seed_key)
 
   state = steps_lib.create_train_state(init_fn(init_key), tx)
-  state = jax.device_put(state, repl)
+  state = sharding.put(state, repl)
   ckpt = checkpoint_lib.Checkpointer(f"{workdir}/checkpoints", config.checkpoint_every)
   restored = ckpt.restore_latest(state)
   start = 0
   if restored is not None:
     start, state = restored
     logging.info("resumed from the checkpoint at step %d", start)
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+  # Multi-process: process 0 writes metrics.jsonl and TensorBoard events; the
+  # others keep the same records in memory (Orbax coordinates the checkpoints).
+  writer = (metrics_lib.MetricWriter(workdir, resume_step=start)
+            if jax.process_index() == 0 else _MemoryWriter())
 
-  data = jax.device_put(train_data, repl)
+  data = sharding.put(train_data, repl)
   multi_step = jax.jit(steps_lib.make_multi_step(loss_fn), donate_argnums=(0,))
   eval_step = jax.jit(steps_lib.make_eval_step(eval_fn)) if eval_fn else None
   sampler = EpochSampler(num_examples, config.batch_size, config.seed)
@@ -178,7 +201,8 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
 
   boundaries = [config.log_every, config.checkpoint_every, config.eval_every]
   window: list[dict] = []
-  bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not config.progress,
+  bar = tqdm.tqdm(total=config.num_steps, initial=start,
+                  disable=not config.progress or jax.process_index() > 0,
                   desc="train", unit="step", dynamic_ncols=True, leave=False)
   t0 = time.perf_counter()
   train_seconds = 0.0
@@ -187,7 +211,10 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
     while step < config.num_steps:
       nxt = min([config.num_steps] + [(step // b + 1) * b for b in boundaries if b])
       count = min(config.steps_per_dispatch, nxt - step)
-      idx = jax.device_put(sampler.indices(step, count), index_sharding)
+      # Every process computes the same global [count, B] indices; each sends
+      # only the columns its devices hold (jax.device_put with one process).
+      idx = sharding.put_process_slice(sampler.indices(step, count),
+                                       index_sharding, axis=1)
       state, metrics = multi_step(state, data, idx, seed_key)
       metrics = jax.device_get(metrics)
       bad = _first_bad(metrics)

@@ -24,17 +24,17 @@ class MetricWriter:
   """Appends ``{"step": s, "split": ..., **metrics}`` records to metrics.jsonl.
 
   On resume from step s, records after s are dropped first, so a resumed run's
-  file equals that of a run never interrupted. TensorBoard events (tensorboardX)
-  are written beside it when the package is installed.
+  file equals that of a run never interrupted. A (step, split) record is kept
+  once: writing it again replaces it (a run resumed from its final checkpoint
+  evaluates the final step again). TensorBoard events (tensorboardX) are
+  written beside it when the package is installed.
   """
 
   def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.records = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-    with open(self.path, "w") as f:
-      for r in self.records:
-        f.write(json.dumps(r) + "\n")
+    self._rewrite()
     self._tb = None
     if tensorboard:
       try:
@@ -44,11 +44,25 @@ class MetricWriter:
       except ImportError:
         pass
 
+  def _rewrite(self):
+    """Writes all records atomically: a kill mid-write leaves the old file."""
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      for r in self.records:
+        f.write(json.dumps(r) + "\n")
+    os.replace(tmp, self.path)
+
   def write(self, step: int, split: str, metrics: dict):
     record = {"step": int(step), "split": split, **to_python(metrics)}
-    self.records.append(record)
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    same = [i for i, r in enumerate(self.records)
+            if r["step"] == record["step"] and r["split"] == split]
+    if same:
+      self.records[same[-1]] = record
+      self._rewrite()
+    else:
+      self.records.append(record)
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
     if self._tb is not None:
       for k, v in metrics.items():
         if np.ndim(v) == 0 and np.isfinite(float(v)):

@@ -41,7 +41,9 @@ def classification_loss(model: nn.Module, label_smoothing: float = 0.0):
   """Categorical cross-entropy; BatchNorm statistics update, dropout is on."""
 
   def loss_fn(variables, batch, rng, train):
-    mutable = [k for k in variables if k != "params"] if train else False
+    # False, not []: with mutable=[] (a model without batch_stats, e.g. the
+    # MLP) flax still returns a (logits, {}) pair.
+    mutable = ([k for k in variables if k != "params"] if train else []) or False
     out = model.apply(variables, _images(batch), train=train,
                       rngs={"dropout": rng}, mutable=mutable)
     logits, new_state = out if mutable else (out, {})

@@ -1,0 +1,299 @@
+"""Maximum likelihood on the world map (genmodels.density_mle) and its training.
+
+* Gradient MLE of a Gaussian through the shared training loop lands on numpy's
+  closed form, and the jitted multi-step traces once.
+* The uniform box's KL to the truth is log(box area / land area).
+* experiments/density_mle.py end to end (in a subprocess that conftest.py
+  starts right after collection, so that it overlaps with the other tests),
+  and ``load_density`` on its workdir.
+"""
+
+import atexit
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from scipy import stats
+
+from genmodels import density_mle
+from genmodels.data import world_map
+from genmodels.models import density
+from genmodels.training import loop
+from genmodels.training import objectives
+from genmodels.training import steps as steps_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+E2E_MODELS = ("box", "gaussian_full", "spline_flow")
+ROW_KEYS = {"test_nll", "kl_to_truth", "zero_density_fraction", "land_precision",
+            "num_params", "train_seconds"}
+DATA_MEAN = np.array([3.0, -2.0])
+DATA_COV = np.array([[4.0, 1.8], [1.8, 2.0]])
+
+
+_E2E = {}
+
+
+def _launch_e2e():
+  """Starts experiments/density_mle.py in a subprocess (once per session)."""
+  if not _E2E:
+    root = pathlib.Path(tempfile.mkdtemp(prefix="density_mle_e2e_"))
+    workdir, log_path = root / "run", root / "log.txt"
+    cmd = [sys.executable, "experiments/density_mle.py",
+           "--config=experiments/configs/density_mle.py:smoke",
+           f"--model={','.join(E2E_MODELS)}", f"--workdir={workdir}",
+           "--progress=false", "--config.models.spline_flow.num_steps=20"]
+    with open(log_path, "w") as log:
+      proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    _E2E.update(proc=proc, workdir=workdir, log_path=log_path, root=root)
+    atexit.register(_stop_e2e)  # Even if no test here runs (-x, -k, Ctrl-C).
+  return _E2E
+
+
+def _stop_e2e():
+  if not _E2E:
+    return
+  if _E2E["proc"].poll() is None:
+    _E2E["proc"].kill()
+    _E2E["proc"].wait()
+  shutil.rmtree(_E2E["root"], ignore_errors=True)
+
+
+def start_early(items):
+  """Called by conftest.py after collection: overlap the run with other files."""
+  if any("e2e" in item.fixturenames for item in items):
+    _launch_e2e()
+
+
+@pytest.fixture(scope="module")
+def e2e_process():
+  run = _launch_e2e()  # Already running if conftest.py started it.
+  yield run["proc"], run["workdir"], run["log_path"]
+  _stop_e2e()
+
+
+@pytest.fixture(scope="module")
+def e2e(e2e_process):
+  proc, workdir, log_path = e2e_process
+  try:
+    rc = proc.wait(timeout=300)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+    pytest.fail("experiments/density_mle.py did not finish in 300 s")
+  tail = log_path.read_text()[-3000:]
+  assert rc == 0, f"density_mle.py exited with {rc}:\n{tail}"
+  with open(workdir / "results.json") as f:
+    return workdir, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def world():
+  """The smoke config's data (the e2e run uses the same sizes and seed)."""
+  return world_map.load(num_train=2000, num_validation=500, num_test=2000)
+
+
+def _smoke_config():
+  path = REPO / "experiments" / "configs" / "density_mle.py"
+  spec = importlib.util.spec_from_file_location("density_mle_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("smoke")
+
+
+# --- gradient MLE == closed form, and one trace of the multi-step ---------------------
+
+
+@pytest.fixture(scope="module")
+def gaussian_data():
+  x = np.random.default_rng(0).multivariate_normal(DATA_MEAN, DATA_COV, 2000)
+  return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("diagonal", [False, True], ids=["full", "diag"])
+def test_gradient_mle_equals_closed_form(diagonal, gaussian_data, tmp_path, monkeypatch):
+  x = gaussian_data
+  model = density.Gaussian(diagonal=diagonal, init_from_data=False,
+                           loc=(0.0, 0.0), scale=(2.0, 2.0))
+  num_steps = 300
+  traced = []
+  make_multi_step = steps_lib.make_multi_step
+
+  def counting_make_multi_step(loss_fn):
+    multi_step = make_multi_step(loss_fn)
+
+    def wrapped(*args):
+      traced.append(1)  # Runs once per trace, never per call.
+      return multi_step(*args)
+
+    return wrapped
+
+  monkeypatch.setattr(loop.steps_lib, "make_multi_step", counting_make_multi_step)
+  cfg = ml_collections.ConfigDict(dict(num_steps=num_steps, learning_rate=0.05,
+                                       warmup_steps=10, grad_clip=1.0))
+  result = loop.train(
+      init_fn=jax.jit(lambda k: model.init(k, jnp.zeros((4, 2)), method="log_prob")),
+      loss_fn=objectives.density_loss(model), tx=density_mle.make_optimizer(cfg),
+      train_data={"x": x},
+      config=loop.LoopConfig(num_steps=num_steps, batch_size=len(x), log_every=50,
+                             checkpoint_every=0, steps_per_dispatch=50,
+                             progress=False),
+      workdir=str(tmp_path))
+  # Six dispatches of 50 steps, each with new indices: one trace only.
+  assert len(traced) == 1
+  assert int(result.state.step) == num_steps
+
+  mean, cov = jax.jit(lambda p: model.apply({"params": p}, method="mean_and_cov"))(
+      result.state.params)
+  x64 = x.astype(np.float64)
+  expected_cov = np.cov(x64, rowvar=False, bias=True)
+  if diagonal:
+    expected_cov = np.diag(np.diag(expected_cov))
+  sd = np.sqrt(np.diag(expected_cov))
+  np.testing.assert_allclose(mean, x64.mean(0), atol=1e-3 * sd.min())
+  np.testing.assert_allclose(cov, expected_cov, atol=1e-3 * sd.min()**2)
+  # The training curve ends at the closed-form Gaussian's NLL.
+  closed_nll = -np.mean(stats.multivariate_normal(x64.mean(0), expected_cov).logpdf(x64))
+  last_train = result.last("train")
+  assert last_train["nll"] == pytest.approx(closed_nll, abs=1e-3)
+
+
+def test_multi_step_traces_once(gaussian_data):
+  x = jnp.asarray(gaussian_data[:256])
+  model = density.Gaussian(diagonal=True, init_from_data=False, loc=(0.0, 0.0),
+                           scale=(2.0, 2.0))
+  variables = jax.jit(lambda k: model.init(k, x, method="log_prob"))(jax.random.key(0))
+  state = steps_lib.create_train_state(variables, optax.adam(1e-2))
+  multi_step = jax.jit(chex.assert_max_traces(
+      steps_lib.make_multi_step(objectives.density_loss(model)), n=1))
+  seed_key = jax.random.key(1)
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(3):  # Different index batches, the same shapes: no new trace.
+    idx = jnp.asarray(rng.integers(0, len(x), size=(4, 64)), jnp.int32)
+    state, metrics = multi_step(state, {"x": x}, idx, seed_key)
+    assert np.all(np.asarray(metrics["finite"]))
+    losses.append(np.asarray(metrics["loss"]))
+  assert int(state.step) == 12
+  assert losses[-1][-1] < losses[0][0]
+
+
+# --- the uniform box's KL is log(box area / land area) ------------------------------
+
+
+def test_box_kl_is_log_area_ratio(world, tmp_path):
+  cfg = _smoke_config().models.box
+  row, trained, result = density_mle.fit_density(
+      "box", cfg, world, str(tmp_path), seed=0, progress=False)
+  del result
+  lo = world.train.min(0).astype(np.float64)
+  hi = world.train.max(0).astype(np.float64)
+  expected_kl = np.log(np.prod(hi - lo)) - np.log(world_map.land_area())
+  outside = ~np.all((world.test >= lo) & (world.test <= hi), axis=-1)
+  assert row["zero_density_fraction"] == pytest.approx(outside.mean(), abs=1e-9)
+  if outside.any():
+    assert row["kl_to_truth"] == math.inf and row["test_nll"] == math.inf
+    assert row["kl_on_support"] == pytest.approx(expected_kl, abs=1e-4)
+  else:
+    assert row["kl_to_truth"] == pytest.approx(expected_kl, abs=1e-4)
+  assert row["num_params"] == 4 and row["num_steps"] == 0
+  # Land precision of box samples is land-in-box / box area: count the mask's
+  # land cells whose centres lie in the box (binomial error < 0.004 here).
+  ocean = world_map.ocean_mask()
+  cpd = world_map.CELLS_PER_DEGREE
+  lat_centres = 90 - (np.arange(ocean.shape[0]) + 0.5) / cpd
+  lon_centres = -180 + (np.arange(ocean.shape[1]) + 0.5) / cpd
+  rows = np.flatnonzero((lat_centres >= lo[1]) & (lat_centres <= hi[1]))
+  cols = np.flatnonzero((lon_centres >= lo[0]) & (lon_centres <= hi[0]))
+  block = ocean[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+  land_in_box = (block.size - np.count_nonzero(block)) / cpd**2
+  assert row["land_precision"] == pytest.approx(land_in_box / np.prod(hi - lo), abs=0.015)
+  # The returned model scores points like the closed form.
+  lp = trained.log_prob(world.test)
+  np.testing.assert_allclose(lp[~outside], -np.log(np.prod(hi - lo)), rtol=1e-5)
+  assert np.all(np.isneginf(lp[outside]))
+
+
+# --- end to end -----------------------------------------------------------------------
+
+
+def _num(value):
+  """results.json writes non-finite floats as strings ("inf")."""
+  return float(value)
+
+
+def test_e2e_results_report_and_figures(e2e):
+  workdir, results = e2e
+  assert set(results) >= {"entropy", "models"}
+  assert results["entropy"] == pytest.approx(world_map.entropy(), abs=1e-9)
+  assert set(results["models"]) == set(E2E_MODELS)
+  for name, row in results["models"].items():
+    assert ROW_KEYS <= set(row), (name, sorted(row))
+    test_nll, kl = _num(row["test_nll"]), _num(row["kl_to_truth"])
+    assert kl == pytest.approx(test_nll - results["entropy"], abs=1e-6) or (
+        kl == test_nll == math.inf)
+    # KL >= 0 up to the noise of 2,000 test points (a few hundredths of a nat).
+    assert kl > -0.1, (name, kl)
+    if "kl_on_support" in row:
+      assert _num(row["kl_on_support"]) > -0.1
+    assert 0.0 <= _num(row["zero_density_fraction"]) <= 1.0
+    assert 0.0 <= _num(row["land_precision"]) <= 1.0
+    assert int(row["num_params"]) > 0 and _num(row["train_seconds"]) >= 0
+    for kind in ("density", "samples"):
+      png = workdir / "figures" / f"{name}_{kind}.png"
+      assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+  # Only the gradient-trained model has a training curve.
+  assert (workdir / "figures" / "spline_flow_training.png").exists()
+  assert results["models"]["box"]["num_params"] == 4  # lo and hi
+  report = (workdir / "report.md").read_text()
+  for name in E2E_MODELS:
+    assert f"| {name} |" in report
+    assert f"figures/{name}_density.png" in report
+
+
+def test_load_density_best_reproduces_test_nll(e2e, world):
+  workdir, results = e2e
+  rows = results["models"]
+  best = min(rows, key=lambda n: _num(rows[n]["validation_nll"]))
+  trained = density_mle.load_density(str(workdir))
+  assert trained.name == best
+  test_nll = -np.mean(trained.log_prob(world.test).astype(np.float64))
+  assert test_nll == pytest.approx(_num(rows[best]["test_nll"]), rel=1e-5)
+
+
+def test_load_density_by_name_and_bad_input(e2e, world):
+  workdir, results = e2e
+  box = density_mle.load_density(str(workdir), "box")
+  assert box.name == "box"
+  lp = box.log_prob(world.test)
+  row = results["models"]["box"]
+  assert np.mean(np.isneginf(lp)) == pytest.approx(_num(row["zero_density_fraction"]))
+  finite = np.isfinite(lp)
+  if not finite.all():
+    assert -np.mean(lp[finite]) == pytest.approx(_num(row["test_nll_on_support"]), rel=1e-5)
+  samples = box.sample(jax.random.key(0), 100)
+  assert samples.shape == (100, 2) and np.all(np.isfinite(box.log_prob(samples)))
+  single = box.log_prob(samples[0])  # One point [2] gives a scalar.
+  assert np.ndim(single) == 0 and np.isfinite(single)
+  for bad in (np.zeros((5, 3)), np.zeros((2, 2, 2)), np.float32(1.0), np.zeros(3)):
+    with pytest.raises(ValueError):
+      box.log_prob(bad)
+  with pytest.raises(ValueError):
+    box.sample(jax.random.key(0), 0)
+  with pytest.raises(FileNotFoundError):
+    density_mle.load_density(str(workdir), "gmm")
+  with pytest.raises(FileNotFoundError):
+    density_mle.load_density(str(workdir.parent / "missing"))
+  assert os.path.exists(workdir / "models" / "box" / "model.json")
