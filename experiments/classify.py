@@ -73,8 +73,7 @@ def resolve_config():
   _check_dataset(config.dataset)
   for key in ("epochs", "batch_size", "learning_rate", "eval_batch_size",
               "steps_per_dispatch"):
-    if not 0 < config[key] < math.inf:
-      raise cli.UsageError(f"--{key} must be positive, got {config[key]}")
+    cli.check_positive(f"--{key}", config[key])
   for key in ("num_train", "num_test", "checkpoint_every_epochs", "weight_decay"):
     if not 0 <= config[key] < math.inf:
       raise cli.UsageError(f"{key} must be >= 0, got {config[key]}")

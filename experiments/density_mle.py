@@ -9,7 +9,6 @@ Writes results.json, report.md, figures/*.png and, per model, models/NAME/
 Run the same command again to resume an interrupted run.
 """
 
-import math
 import os
 import sys
 
@@ -71,13 +70,12 @@ def resolve_config():
     config.num_train = _NUM_TRAIN.value
   for flag, key in ((_NUM_STEPS, "num_steps"), (_BATCH_SIZE, "batch_size"),
                     (_LEARNING_RATE, "learning_rate")):
-    if flag.value is not None and not 0 < flag.value < math.inf:
-      raise cli.UsageError(f"--{key} must be positive, got {flag.value}")
+    if flag.value is not None:
+      cli.check_positive(f"--{key}", flag.value)
   if not 0 <= config.seed < 2**31:
     raise cli.UsageError(f"--seed must be in [0, 2**31), got {config.seed}")
   for key in ("num_train", "num_validation", "num_test"):
-    if config[key] <= 0:
-      raise cli.UsageError(f"{key} must be positive, got {config[key]}")
+    cli.check_positive(key, config[key])
   for name in names:
     m = config.models[name]
     if m.num_steps:  # Closed-form models take no training knobs.
@@ -90,12 +88,9 @@ def resolve_config():
             f"batch size {m.batch_size} of {name} is larger than the "
             f"{config.num_train} training points: lower --batch_size")
       for key in ("learning_rate", "grad_clip"):
-        if not 0 < m[key] < math.inf:
-          raise cli.UsageError(f"{name}: {key} must be positive, got {m[key]}")
+        cli.check_positive(f"{name}: {key}", m[key])
       if m.warmup_steps < 0:
         raise cli.UsageError(f"{name}: warmup_steps must be >= 0, got {m.warmup_steps}")
-    else:  # Never used, but the loop checks it against the data size.
-      m.batch_size = min(m.batch_size, config.num_train)
     try:  # The loop's own checks, before the workdir is written.
       loop_config = density_mle._loop_config(m, config.seed, False)  # pylint: disable=protected-access
       loop_config.validate(config.num_train)

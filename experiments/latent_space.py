@@ -49,16 +49,14 @@ def resolve_config():
   for flag, key in ((_NUM_STEPS, "num_steps"), (_BATCH_SIZE, "batch_size"),
                     (_LEARNING_RATE, "learning_rate")):
     if flag.value is not None:
-      if flag.value <= 0:
-        raise cli.UsageError(f"--{key} must be positive, got {flag.value}")
+      cli.check_positive(f"--{key}", flag.value)
       ae[key] = flag.value
   if _PRIOR_WEIGHT.value is not None:
-    if _PRIOR_WEIGHT.value < 0:
+    if not 0 <= _PRIOR_WEIGHT.value < float("inf"):
       raise cli.UsageError(f"--prior_weight must be >= 0, got {_PRIOR_WEIGHT.value}")
     ae.prior_weight = _PRIOR_WEIGHT.value
   for key in ("num_train", "num_test", "probe_examples", "walk_size"):
-    if config[key] <= 0:
-      raise cli.UsageError(f"{key} must be positive, got {config[key]}")
+    cli.check_positive(key, config[key])
   if config.image_size < 8:
     raise cli.UsageError(f"image_size must be at least 8, got {config.image_size}")
   if ae.batch_size > config.num_train:

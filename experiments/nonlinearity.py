@@ -45,13 +45,11 @@ def resolve_config():
   for flag, key in ((_NUM_STEPS, "num_steps"), (_BATCH_SIZE, "batch_size"),
                     (_LEARNING_RATE, "learning_rate")):
     if flag.value is not None:
-      if flag.value <= 0:
-        raise cli.UsageError(f"--{key} must be positive, got {flag.value}")
+      cli.check_positive(f"--{key}", flag.value)
       for m in config.models.values():
         m[key] = flag.value
   for key in ("num_train", "num_test"):
-    if config[key] <= 0:
-      raise cli.UsageError(f"{key} must be positive, got {config[key]}")
+    cli.check_positive(key, config[key])
   for m in config.models.values():
     if m.batch_size > config.num_train:
       raise cli.UsageError(f"batch size {m.batch_size} is larger than the "

@@ -10,6 +10,7 @@ import json
 import logging as py_logging
 import os
 import shutil
+import math
 import sys
 
 from absl import app
@@ -29,6 +30,12 @@ class UsageError(ValueError):
 
 USER_ERRORS = (UsageError, ValueError, OSError, KeyError, flags.Error)
 INTERRUPTED_EXIT = 130
+
+
+def check_positive(name: str, value) -> None:
+  """Refuses a size or rate that is not a finite positive number (NaN included)."""
+  if not 0 < value < math.inf:
+    raise UsageError(f"{name} must be a positive number, got {value}")
 
 
 def one_line(error: BaseException) -> str:

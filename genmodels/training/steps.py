@@ -65,7 +65,9 @@ def make_train_step(loss_fn: LossFn) -> Callable:
     grad_norm = optax.global_norm(grads)
     new_state = state.apply_gradients(
         grads=grads, model_state={**state.model_state, **new_model_state})
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The update itself can overflow (e.g. a bad schedule): check the new params.
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.global_norm(new_state.params)))
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
     metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "finite": finite}
     return new_state, metrics
