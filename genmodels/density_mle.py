@@ -31,13 +31,13 @@ SAMPLES_FOR_PRECISION = 20_000
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with linear warm-up and cosine decay, with global-norm clipping."""
+  """Adam(W) with linear warm-up and cosine decay, with global-norm clipping."""
   steps = max(int(cfg.num_steps), 1)
   warmup = min(int(cfg.get("warmup_steps", 100)), steps // 2)
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, cfg.learning_rate, warmup, steps, end_value=cfg.learning_rate * 0.01)
   return optax.chain(optax.clip_by_global_norm(cfg.get("grad_clip", 1.0)),
-                     optax.adam(schedule))
+                     optax.adamw(schedule, weight_decay=cfg.get("weight_decay", 0.0)))
 
 
 class TrainedDensity:
@@ -69,7 +69,10 @@ class TrainedDensity:
     return np.asarray(self._sample(self.params, key, int(n)))
 
 
-def _num_params(params) -> int:
+def num_params(model, params) -> int:
+  """The model's degrees of freedom (``num_free_params`` where it has unused entries)."""
+  if hasattr(model, "num_free_params"):
+    return int(model.num_free_params(params))
   return int(sum(np.size(p) for p in jax.tree.leaves(params)))
 
 
@@ -85,27 +88,31 @@ def _loop_config(cfg, seed, progress) -> loop.LoopConfig:
 
 def fit_density(name: str, cfg: ml_collections.ConfigDict,
                 data: world_map.WorldMapData, workdir: str, seed: int = 0,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, on_eval=None,
+                ) -> tuple[dict[str, Any], "TrainedDensity", loop.TrainResult]:
   """Fits model ``name`` by maximum likelihood and scores it against the truth.
 
   ``cfg`` holds ``model`` (the module's attributes) and the training knobs
   (num_steps, batch_size, learning_rate, ...). num_steps=0 keeps the
-  closed-form initialisation (box, Gaussians). Returns the model's row of
-  ``results.json``.
+  closed-form initialisation (box, Gaussians). ``on_eval`` is passed to
+  ``loop.train``. Returns (the model's row of ``results.json``, the
+  ``TrainedDensity``, the loop's ``TrainResult``).
   """
   model_dir = os.path.join(workdir, "models", name)
   os.makedirs(model_dir, exist_ok=True)
   model = models.get_density_model(name, **cfg.model.to_dict())
   train_x = jnp.asarray(data.train)
   result = loop.train(
-      init_fn=lambda k: model.init(k, train_x, method="log_prob"),
+      init_fn=lambda k: jax.jit(model.init, static_argnames="method")(
+          k, train_x, method="log_prob"),
       loss_fn=objectives.density_loss(model),
       tx=make_optimizer(cfg),
       train_data={"x": data.train},
       config=_loop_config(cfg, seed, progress),
       workdir=model_dir,
       eval_fn=objectives.density_eval(model),
-      eval_data={"validation": {"x": data.validation}, "test": {"x": data.test}})
+      eval_data={"validation": {"x": data.validation}, "test": {"x": data.test}},
+      on_eval=on_eval)
   params = result.state.params
   trained = TrainedDensity(name, model, params)
   _save_model(model_dir, name, cfg, params)
@@ -120,7 +127,7 @@ def fit_density(name: str, cfg: ml_collections.ConfigDict,
       "kl_to_truth": probability.kl_to_truth(test_nll, entropy),
       "zero_density_fraction": zero,
       "land_precision": float(world_map.on_land(samples).mean()),
-      "num_params": _num_params(params),
+      "num_params": num_params(model, params),
       "train_seconds": float(result.train_seconds),
       "validation_nll": float(val["nll"]),
       "num_steps": int(cfg.num_steps),

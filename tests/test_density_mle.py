@@ -28,6 +28,7 @@ import optax
 import pytest
 from scipy import stats
 
+import genmodels
 from genmodels import density_mle
 from genmodels.data import world_map
 from genmodels.models import density
@@ -267,7 +268,7 @@ def test_load_density_best_reproduces_test_nll(e2e, world):
   workdir, results = e2e
   rows = results["models"]
   best = min(rows, key=lambda n: _num(rows[n]["validation_nll"]))
-  trained = density_mle.load_density(str(workdir))
+  trained = genmodels.load_density(str(workdir))  # The public entry point.
   assert trained.name == best
   test_nll = -np.mean(trained.log_prob(world.test).astype(np.float64))
   assert test_nll == pytest.approx(_num(rows[best]["test_nll"]), rel=1e-5)

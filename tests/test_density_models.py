@@ -7,12 +7,14 @@ Each model's log_prob is jitted once for a fixed chunk of points.
 """
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special
 from scipy import stats
 
+from genmodels import density_mle
 from genmodels import models
 from genmodels import probability
 from genmodels.models import density
@@ -266,6 +268,21 @@ def test_gmm_samples_match_density(gmm):
 
 
 # --- registry -------------------------------------------------------------------
+
+
+def _identifiable_params(model, variables, x):
+  """Rank of d log_prob(x_i) / d params over many points: the directions that matter."""
+  flat, unravel = jax.flatten_util.ravel_pytree(variables["params"])
+  jac = jax.jacfwd(lambda f: model.apply({"params": unravel(f)}, x, method="log_prob"))(flat)
+  return np.linalg.matrix_rank(np.asarray(jac, np.float64), tol=1e-4 * np.abs(jac).max())
+
+
+def test_num_params_counts_degrees_of_freedom(gaussian, gmm):
+  """The reported count equals the rank of the log-density's Jacobian in the params."""
+  (_, ev, variables), (gmm_ev, _, gmm_vars) = gaussian, gmm
+  for e, v in ((ev, variables), (gmm_ev, gmm_vars)):
+    x = jnp.asarray(e.sample(v)[:1000], jnp.float32)  # Where every component matters.
+    assert density_mle.num_params(e.model, v["params"]) == _identifiable_params(e.model, v, x)
 
 
 def test_registry_builds_every_model_and_rejects_unknown():

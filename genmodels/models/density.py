@@ -5,6 +5,10 @@ Every density model is a Flax linen module with two methods:
 * ``log_prob(x)``: log-density of points x [N, D] (in data units, e.g. degrees);
 * ``sample(rng, n)``: n points [n, D] from the model.
 
+A model whose parameter arrays hold unused entries (the Gaussians' factors
+are stored as full matrices) also defines ``num_free_params(params)``, so that
+reported parameter counts are degrees of freedom.
+
 ``model.init(rng, x_train, method="log_prob")`` initialises the parameters *from
 the training data* where that makes sense: the uniform box and the Gaussians
 can start at their closed-form maximum-likelihood estimate (so they need no
@@ -128,6 +132,11 @@ class Gaussian(_Normalised):
   def _params(self, d=2):
     return self(jnp.zeros((1, d)))
 
+  def num_free_params(self, params) -> int:
+    """Degrees of freedom: the mean and the used entries of the factor."""
+    d = params["mean"].shape[-1]
+    return d + (d if self.diagonal else d * (d + 1) // 2)
+
   def mean_and_cov(self):
     """Mean and covariance in data units."""
     mean, chol = self._params()
@@ -172,6 +181,11 @@ class GaussianMixture(_Normalised):
 
   def _params(self, d=2):
     return self(jnp.zeros((1, d)))
+
+  def num_free_params(self, params) -> int:
+    """Degrees of freedom: K-1 weights, K means, K lower-triangular factors."""
+    k, d = params["means"].shape
+    return (k - 1) + k * d + k * d * (d + 1) // 2
 
   def log_prob(self, x: Array) -> Array:
     logits, means, chol = self(x)
