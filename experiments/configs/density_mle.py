@@ -22,10 +22,12 @@ Variants (``--config=experiments/configs/density_mle.py:NAME``):
 import ml_collections
 
 
-def _model(num_steps=0, batch_size=1024, learning_rate=3e-3, **model):
+def _model(num_steps=0, batch_size=1024, learning_rate=3e-3, weight_decay=0.0,
+           **model):
   return ml_collections.ConfigDict(dict(
       model=model, num_steps=num_steps, batch_size=batch_size,
       learning_rate=learning_rate, warmup_steps=100, grad_clip=1.0,
+      weight_decay=weight_decay,
       log_every=100, eval_every=0, eval_batch_size=8192, checkpoint_every=1000,
       steps_per_dispatch=10))
 
@@ -44,8 +46,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "realnvp": _model(num_steps=2000, learning_rate=1e-3, num_layers=8,
                         hidden=128, depth=2),
       # lr 3e-3 diverges for this flow (gradient norms of 1e4-1e6 by step 500).
-      "spline_flow": _model(num_steps=5000, learning_rate=1e-3, num_layers=4,
-                            hidden=128, depth=2, num_frequencies=32, num_bins=32),
+      # Weight decay 0.1 had the best validation NLL among the variants tried
+      # (the flow overfits 100,000 points by ~0.05 nats).
+      "spline_flow": _model(num_steps=5000, learning_rate=1e-3, weight_decay=0.1,
+                            num_layers=4, hidden=128, depth=2, num_frequencies=32,
+                            num_bins=32),
   })
   if variant == "smoke":
     c.num_train, c.num_validation, c.num_test = 2000, 500, 2000
