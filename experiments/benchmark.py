@@ -30,6 +30,13 @@ of XLA op (from a jax.profiler trace), and one real Fashion-MNIST epoch through
 ``classification.train_and_evaluate`` against the sum of its train steps.
 
 Writes ``--out/<machine tag>.json`` and ``.md``.
+
+``--convergence=spline_flow,realnvp`` instead trains those density models with
+the default density_mle config on the default 100,000 world-map points,
+evaluating every ``--convergence_eval_every`` steps, and reports steps/s and
+the training time (evaluations excluded) until the held-out KL to the truth
+first reaches ``--convergence_kl`` (0.15 nats); it writes
+``--out/<machine tag>-convergence.json`` and ``.md``.
 """
 
 import contextlib
@@ -102,6 +109,13 @@ _PROFILE = flags.DEFINE_bool("profile", True, "Profile the CNN cases: time by ki
 _QUICK = flags.DEFINE_bool(
     "quick", False, "The short fixed set of cases committed under benchmarks/ "
     "(replaces the grid flags; about 5 minutes on 2 CPU cores).")
+_CONVERGENCE = flags.DEFINE_list(
+    "convergence", [], "Density models to train to convergence instead of the step "
+    "benchmark (e.g. spline_flow,realnvp): steps/s and time to --convergence_kl.")
+_CONVERGENCE_KL = flags.DEFINE_float("convergence_kl", 0.15,
+                                     "KL to the truth (nats) to time the flows to.")
+_CONVERGENCE_EVAL_EVERY = flags.DEFINE_integer(
+    "convergence_eval_every", 250, "Steps between held-out evaluations.", lower_bound=1)
 _SCALING_WORKER = flags.DEFINE_string("scaling_worker", None,
                                       "Internal: write scaling results to this file.")
 
@@ -820,6 +834,100 @@ def markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------- convergence
+
+
+def measure_convergence(names, target_kl: float, eval_every: int) -> list[dict]:
+  """Trains each density model as density_mle does; times the held-out KL."""
+  from genmodels import density_mle  # pylint: disable=g-import-not-at-top
+  from genmodels import probability  # pylint: disable=g-import-not-at-top
+  from genmodels.data import world_map  # pylint: disable=g-import-not-at-top
+  data = world_map.load(seed=0)
+  entropy = world_map.entropy()
+  rows = []
+  for name in names:
+    cfg = _density_cfg(name)
+    cfg.eval_every = eval_every
+    curve = []
+
+    def on_eval(step, results, seconds, curve=curve):
+      curve.append({"step": step, "train_seconds": seconds, **{
+          f"{split}_kl": probability.kl_to_truth(float(m["nll"]), entropy)
+          for split, m in results.items()}})
+      print(f"  {name} step {step}: {seconds:.1f} s, validation KL "
+            f"{curve[-1]['validation_kl']:.4f}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory() as workdir:
+      row, _, result = density_mle.fit_density(name, cfg, data, workdir, seed=0,
+                                               progress=False, on_eval=on_eval)
+    reached = next((c for c in curve if c["validation_kl"] <= target_kl), None)
+    rows.append({
+        "model": name, "num_params": row["num_params"], "num_steps": int(cfg.num_steps),
+        "batch_size": int(cfg.batch_size), "steps_per_dispatch": int(cfg.steps_per_dispatch),
+        "train_seconds": result.train_seconds,
+        "steps_per_second": cfg.num_steps / result.train_seconds,
+        "steady_steps_per_second": (  # From the first evaluation on: no compile.
+            (curve[-1]["step"] - curve[0]["step"])
+            / (curve[-1]["train_seconds"] - curve[0]["train_seconds"])
+            if len(curve) > 1 else None),
+        "target_kl": target_kl,
+        "step_to_target": reached and reached["step"],
+        "seconds_to_target": reached and reached["train_seconds"],
+        "final_test_kl": row["kl_to_truth"], "final_land_precision": row["land_precision"],
+        "curve": curve})
+  return rows
+
+
+def convergence_markdown(result: dict) -> str:
+  m = result["machine"]
+  lines = [f"# Density flows: time to a held-out KL of {result['target_kl']} nats", "",
+           f"`{result['command']}`", "",
+           f"- {m['backend']} ({m['device_kind']}), CPU {m['cpu_model']}, "
+           f"{m['cpu_cores_usable']} usable cores; jax {m['jax']}; {m['date']}",
+           f"- load average (1 min) at start {m['load_average_at_start'][0]:.1f}, "
+           f"at end {result['load_average_at_end'][0]:.1f}",
+           "- default `experiments/configs/density_mle.py`, 100,000 training points, "
+           "seed 0; KL = held-out NLL - true entropy, on the 10,000 validation "
+           "points for the curve and the 100,000 test points at the end; seconds "
+           "exclude the evaluations (compilation included)", "",
+           "| model | params | batch | steps | steps/s (all) | steps/s (steady) | "
+           f"step at KL <= {result['target_kl']} | seconds to it | final test KL | "
+           "land precision |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in result["rows"]:
+    lines.append(
+        f"| {r['model']} | {r['num_params']:,} | {r['batch_size']} | {r['num_steps']} | "
+        f"{r['steps_per_second']:.1f} | {_fmt(r['steady_steps_per_second'], '.1f')} | "
+        f"{_fmt(r['step_to_target'], 'd', 'not reached')} | "
+        f"{_fmt(r['seconds_to_target'], '.1f', 'not reached')} | "
+        f"{r['final_test_kl']:.4f} | {r['final_land_precision']:.3f} |")
+  lines += ["", "Validation KL along the way:", "",
+            "| model | " + " | ".join(f"step {c['step']}" for c in result["rows"][0]["curve"])
+            + " |", "|---|" + "---:|" * len(result["rows"][0]["curve"])]
+  for r in result["rows"]:
+    lines.append(f"| {r['model']} | " + " | ".join(
+        f"{c['validation_kl']:.3f} ({c['train_seconds']:.0f} s)" for c in r["curve"]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _run_convergence(jax, names):
+  info = machine_info(jax)
+  tag = (_TAG.value or machine_tag(info)) + "-convergence"
+  rows = measure_convergence(names, _CONVERGENCE_KL.value, _CONVERGENCE_EVAL_EVERY.value)
+  result = {"tag": tag, "machine": info, "target_kl": _CONVERGENCE_KL.value,
+            "command": "python experiments/benchmark.py " + " ".join(sys.argv[1:]),
+            "rows": rows, "load_average_at_end": os.getloadavg()}
+  from genmodels.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  os.makedirs(_OUT.value, exist_ok=True)
+  path = os.path.join(_OUT.value, f"{tag}.json")
+  with open(path, "w") as f:
+    json.dump(metrics_lib.to_python(result), f, indent=2)
+  text = convergence_markdown(result)
+  with open(os.path.join(_OUT.value, f"{tag}.md"), "w") as f:
+    f.write(text)
+  print(text)
+  print(f"wrote {path} and .md", file=sys.stderr)
+
+
 # ----------------------------------------------------------------- main
 
 
@@ -864,6 +972,12 @@ def main(argv):
   if _SCALING_WORKER.value:
     return _scaling_worker(_SCALING_WORKER.value)
   import jax  # pylint: disable=g-import-not-at-top
+  if _CONVERGENCE.value:
+    unknown = sorted(set(_CONVERGENCE.value) - set(DENSITY_MODELS))
+    if unknown:
+      raise app.UsageError(f"unknown --convergence model(s) {unknown}; valid: "
+                           f"{', '.join(DENSITY_MODELS)}")
+    return _run_convergence(jax, _CONVERGENCE.value)
   cache_dir = tempfile.mkdtemp(prefix="genmodels_jax_cache_")
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)  # off until the epoch
