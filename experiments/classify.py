@@ -19,6 +19,7 @@ import re
 import sys
 
 from absl import flags
+import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -61,6 +62,14 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this "
 
 def resolve_config():
   config = _CONFIG.value
+  if _MODEL.value is not None and _MODEL.value != config.model:
+    if _MODEL.value not in classifiers.CLASSIFIERS:
+      raise cli.UsageError(f"unknown --model {_MODEL.value!r}; valid: "
+                           f"{', '.join(classifiers.CLASSIFIERS)}")
+    # Keep only the config's model options that the new model has.
+    fields = classifiers.CLASSIFIERS[_MODEL.value].__dataclass_fields__
+    config.model_kwargs = ml_collections.ConfigDict(
+        {k: v for k, v in config.model_kwargs.items() if k in fields})
   for flag, key in ((_MODEL, "model"), (_DATASET, "dataset"), (_EPOCHS, "epochs"),
                     (_BATCH_SIZE, "batch_size"), (_LEARNING_RATE, "learning_rate"),
                     (_SEED, "seed"), (_DATA_DIR, "data_dir"),

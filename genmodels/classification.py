@@ -56,9 +56,9 @@ def load_data(config) -> tuple[images_lib.ImageData, images_lib.ImageData]:
   return train, test
 
 
-def _predict(model, variables, images, batch_size=2048):
+def _predict(model, variables, images, tta_flip=False, batch_size=2048):
   fn = jax.jit(lambda v, x: jnp.argmax(
-      model.apply(v, x.astype(jnp.float32) / 255.0, train=False), -1))
+      objectives.classification_log_probs(model, v, x, tta_flip), -1))
   return np.concatenate([np.asarray(fn(variables, images[i:i + batch_size]))
                          for i in range(0, len(images), batch_size)])
 
@@ -85,16 +85,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   result = loop.train(
       init_fn=lambda k: jax.jit(model.init, static_argnames="train")(
           {"params": k, "dropout": k}, sample, train=False),
-      loss_fn=objectives.classification_loss(model, config.get("label_smoothing", 0.0)),
+      loss_fn=objectives.classification_loss(model, config.get("label_smoothing", 0.0),
+                                             flip=config.get("flip", False)),
       tx=make_optimizer(config, steps_per_epoch),
       train_data={"image": train.images, "label": train.labels},
       config=loop_config, workdir=workdir,
-      eval_fn=objectives.classification_eval(model),
+      eval_fn=objectives.classification_eval(model, tta_flip=config.get("tta_flip", False)),
       eval_data={"test": {"image": test.images, "label": test.labels}})
 
   variables = result.state.variables
   test_metrics = result.last("test")
-  pred = _predict(model, variables, test.images)
+  pred = _predict(model, variables, test.images, config.get("tta_flip", False))
   num_trainable = sum(np.size(p) for p in jax.tree.leaves(result.state.params))
   num_state = sum(np.size(p) for p in jax.tree.leaves(result.state.model_state))
   results = {

@@ -74,7 +74,7 @@ def test_cnn_param_count():
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
 def test_uint8_inputs_and_bf16(name, cnn_vars):
-  variables = cnn_vars if name == "cnn" else _init_fn(MLP())(key(0))
+  variables = cnn_vars if name == "cnn" else _init_fn(get_classifier(name))(key(0))
   x = np.random.default_rng(0).integers(0, 256, SMALL, dtype=np.uint8)
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
   # uint8 input is scaled to [0, 1]: same logits as the float input.
@@ -165,5 +165,5 @@ def test_cnn_loss_falls_with_adam():
 
 
 def test_unknown_name():
-  with pytest.raises(ValueError, match="unknown classifier 'resnet'; valid names: cnn, mlp"):
+  with pytest.raises(ValueError, match="unknown classifier 'resnet'; valid names: cnn, cnn_fast, mlp"):
     get_classifier("resnet")

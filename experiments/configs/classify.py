@@ -6,9 +6,9 @@ r"""Image classification configs: the book's settings and a fast recipe.
 
 Expected on Fashion-MNIST (offline Debian files), 10 epochs, 2 CPU cores, as
 measured on 2026-11-28 (see README for the table and wall times):
-  cnn (book):  test accuracy >= 0.895
-  mlp (book):  test accuracy >= 0.87
-  fast:        test accuracy >= 0.92 within the Keras CNN's wall time (~190 s)
+  cnn (book):  0.9171 test accuracy (goal >= 0.895); 1,798 s wall on a loaded VM
+  mlp (book):  0.8846 test accuracy (goal >= 0.87); 111 s wall on a loaded VM
+  fast:        not yet measured on the full data (goal: >= 0.92 within ~190 s)
 The book's CIFAR-10 results after 10 epochs: MLP 0.484, CNN 0.718
 (``--dataset=cifar10`` on a machine that can download it).
 
@@ -35,6 +35,8 @@ def get_config(variant: str = "cnn") -> ml_collections.ConfigDict:
   c.schedule = "constant"
   c.weight_decay = 0.0
   c.label_smoothing = 0.0
+  c.flip = False  # mirror training images at random
+  c.tta_flip = False  # evaluate on each image and its mirror image
   c.seed = 0
   c.num_train = 0  # 0: the whole split.
   c.num_test = 0
@@ -47,14 +49,21 @@ def get_config(variant: str = "cnn") -> ml_collections.ConfigDict:
     c.model_kwargs = ml_collections.ConfigDict()
     c.steps_per_dispatch = 75
   elif variant == "fast":
-    c.model = "cnn"
-    c.batch_size = 128
-    c.learning_rate = 3e-3
+    # Designed for CPU seconds: a CNN that never convolves at full resolution
+    # (space-to-depth stem), a one-cycle AdamW schedule for a short run,
+    # label smoothing, mirrored training images and mirror test-time
+    # augmentation.
+    c.model = "cnn_fast"
+    c.model_kwargs = ml_collections.ConfigDict({"conv_impl": "im2col"})
+    c.batch_size = 64
+    c.learning_rate = 4e-3
     c.schedule = "onecycle"
-    c.weight_decay = 5e-4
+    c.weight_decay = 0.01  # decoupled (AdamW), times the learning rate
     c.label_smoothing = 0.1
-    c.epochs = 10
-    c.steps_per_dispatch = 12
+    c.flip = True
+    c.tta_flip = True
+    c.epochs = 4
+    c.steps_per_dispatch = 25
   elif variant == "smoke":
     c.num_train, c.num_test = 256, 128
     c.epochs, c.batch_size, c.steps_per_dispatch = 2, 32, 4

@@ -37,14 +37,28 @@ def _images(batch, dtype=jnp.float32):
   return x.astype(dtype) / 255.0 if x.dtype == jnp.uint8 else x.astype(dtype)
 
 
-def classification_loss(model: nn.Module, label_smoothing: float = 0.0):
-  """Categorical cross-entropy; BatchNorm statistics update, dropout is on."""
+def random_flip(images, rng):
+  """Mirrors each image left-right with probability 1/2 (a data augmentation)."""
+  mirror = jax.random.bernoulli(rng, 0.5, (images.shape[0],) + (1,) * (images.ndim - 1))
+  return jnp.where(mirror, images[:, :, ::-1], images)
+
+
+def classification_loss(model: nn.Module, label_smoothing: float = 0.0,
+                        flip: bool = False):
+  """Categorical cross-entropy; BatchNorm statistics update, dropout is on.
+
+  ``flip`` mirrors each training image with probability 1/2, with a key
+  derived from the step's key (so resuming replays the same flips).
+  """
 
   def loss_fn(variables, batch, rng, train):
+    images = _images(batch)
+    if flip and train:
+      images = random_flip(images, jax.random.fold_in(rng, 1))
     # False, not []: with mutable=[] (a model without batch_stats, e.g. the
     # MLP) flax still returns a (logits, {}) pair.
     mutable = ([k for k in variables if k != "params"] if train else []) or False
-    out = model.apply(variables, _images(batch), train=train,
+    out = model.apply(variables, images, train=train,
                       rngs={"dropout": rng}, mutable=mutable)
     logits, new_state = out if mutable else (out, {})
     num_classes = logits.shape[-1]
@@ -57,13 +71,29 @@ def classification_loss(model: nn.Module, label_smoothing: float = 0.0):
   return loss_fn
 
 
-def classification_eval(model: nn.Module):
-  """Per-image cross-entropy and correctness, with BatchNorm's moving averages."""
+def classification_log_probs(model: nn.Module, variables, images,
+                             tta_flip: bool = False):
+  """Class log-probabilities in evaluation mode (BatchNorm's moving averages).
+
+  ``tta_flip`` averages the probabilities of each image and its mirror image
+  (test-time augmentation), which makes the prediction mirror-invariant.
+  """
+  images = _images({"image": images})
+  log_p = jax.nn.log_softmax(model.apply(variables, images, train=False))
+  if tta_flip:
+    log_p_mirror = jax.nn.log_softmax(
+        model.apply(variables, images[:, :, ::-1], train=False))
+    log_p = jnp.logaddexp(log_p, log_p_mirror) - jnp.log(2.0)
+  return log_p
+
+
+def classification_eval(model: nn.Module, tta_flip: bool = False):
+  """Per-image cross-entropy and correctness (see ``classification_log_probs``)."""
 
   def eval_fn(variables, batch):
-    logits = model.apply(variables, _images(batch), train=False)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    log_p = classification_log_probs(model, variables, batch["image"], tta_flip)
+    loss = -jnp.take_along_axis(log_p, batch["label"][:, None], axis=-1)[:, 0]
     return {"loss": loss,
-            "accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)}
+            "accuracy": (jnp.argmax(log_p, -1) == batch["label"]).astype(jnp.float32)}
 
   return eval_fn
