@@ -127,7 +127,8 @@ def main(argv):
   if not _PROGRESS.value:
     images.tfds.disable_progress_bar()
   workdir = distributed.main_process_first(lambda: cli.prepare_workdir(
-      _WORKDIR.value, config.to_dict(), overwrite=_OVERWRITE.value))
+      _WORKDIR.value, config.to_dict(), overwrite=_OVERWRITE.value,
+      lock=distributed.is_main_process()))
   if _NUM_DEVICES.value:  # After config.json: a run may resume on other devices.
     with config.unlocked():
       config.num_devices = _NUM_DEVICES.value

@@ -22,6 +22,7 @@ from genmodels import models
 from genmodels import plotting
 from genmodels.data import world_map
 from genmodels.training import distributed
+from genmodels.training import provenance
 
 _CONFIG = cli.define_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "density_mle.py"),
@@ -139,10 +140,11 @@ def main(argv):
     raise cli.UsageError(f"unexpected arguments {argv[1:]}: pass options as --flags")
   # Before anything touches a device: join the other processes, if any.
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  steal = provenance.StealMeter()
   config, names = resolve_config()
   workdir = distributed.main_process_first(lambda: cli.prepare_workdir(
       _WORKDIR.value, {"config": config.to_dict(), "models": names},
-      overwrite=_OVERWRITE.value))
+      overwrite=_OVERWRITE.value, lock=distributed.is_main_process()))
   if _NUM_DEVICES.value:  # After config.json: a run may resume on other devices.
     for name in names:
       with config.models[name].unlocked():
@@ -158,7 +160,7 @@ def main(argv):
         progress=_PROGRESS.value)
     rows[name] = row
     if main_process:
-      density_mle.write_results(workdir, rows)
+      density_mle.write_results(workdir, rows, provenance.run_record(steal))
     if _FIGURES.value and main_process:
       figures[name] = write_figures(workdir, name, trained, result, data)
   table = (write_report(workdir, rows, figures) if main_process

@@ -22,6 +22,7 @@ from genmodels.models import classifiers
 from genmodels.training import loop
 from genmodels.training import metrics as metrics_lib
 from genmodels.training import objectives
+from genmodels.training import provenance
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -66,6 +67,7 @@ def _predict(model, variables, images, tta_flip=False, batch_size=2048):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        progress: bool = True) -> dict[str, Any]:
   t_start = time.perf_counter()
+  steal = provenance.StealMeter()
   train, test = load_data(config)
   t_data = time.perf_counter() - t_start
   model = classifiers.get_classifier(config.model, num_classes=train.num_classes,
@@ -111,8 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   }
   # Everything so far: data, compilation, training, the per-epoch evaluations.
   results["wall_seconds"] = float(time.perf_counter() - t_start)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(metrics_lib.to_python(results), f, indent=2)
+  results["run"] = provenance.run_record(steal)
+  metrics_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
 
   fig_dir = os.path.join(workdir, "figures")
   plotting.training_curves(result.history, f"{fig_dir}/learning_curves.png",

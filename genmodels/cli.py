@@ -18,6 +18,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from genmodels import locking
 from genmodels.training import metrics as metrics_lib
 
 USAGE_EXIT = 2
@@ -43,10 +44,10 @@ def one_line(error: BaseException) -> str:
   return " ".join(str(error).split()) or type(error).__name__
 
 
-def fail(message: str, status: int = USAGE_EXIT):
+def fail(message: str, status: int = USAGE_EXIT, prefix: str = "error"):
   """Prints ``error: message`` on one stderr line and exits with ``status``."""
   sys.stdout.flush()
-  print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+  print(f"{prefix}: {' '.join(message.split())}", file=sys.stderr, flush=True)
   sys.exit(status)
 
 
@@ -109,17 +110,26 @@ def one_line_errors(main):
   """Wraps an absl main: user errors -> one stderr line and exit status 2.
 
   A non-finite loss or gradient (``loop.NonFiniteError``) is reported the same
-  way with exit status 1: the run failed, the input was fine.
+  way with exit status 1: the run failed, the input was fine. SIGTERM or
+  SIGINT (a preempted machine, a scheduler's limit, Ctrl-C) stops training at
+  the next step boundary with a checkpoint, one line saying how to resume and
+  exit status 128 + the signal's number (143, 130), as a killed process has.
+  The workdir lock taken by ``prepare_workdir`` is released on the way out.
   """
 
   @functools.wraps(main)
   def wrapped(argv):
     from genmodels.training import loop  # pylint: disable=g-import-not-at-top
+    from genmodels.training import preemption  # pylint: disable=g-import-not-at-top
     if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
       _show_only_our_warnings()
     try:
-      return main(argv)
+      with preemption.handle_signals():
+        return main(argv)
+    except preemption.Preempted as e:
+      fail(f"{e}; run the same command again to resume from step {e.step}",
+           128 + e.signum, prefix="stopped")
     except loop.NonFiniteError as e:
       fail(one_line(e), TRAINING_FAILED_EXIT)
     except MemoryError as e:
@@ -133,6 +143,8 @@ def one_line_errors(main):
       if isinstance(e, KeyError):
         msg = f"unknown key {msg}"
       fail(msg)
+    finally:
+      release_workdir()
 
   return wrapped
 
@@ -155,18 +167,68 @@ def _show_only_our_warnings():
     handler.addFilter(_OurWarningsOnly())
 
 
-def prepare_workdir(workdir: str, config: dict, overwrite: bool = False) -> str:
-  """Creates ``workdir`` and records ``config.json`` there.
+_WORKDIR_LOCKS: list[locking.FileLock] = []
+LOCK_FILE = ".lock"
 
-  A workdir holding a run with another config is refused (so a typo cannot mix
-  two runs' checkpoints) unless ``overwrite`` is set, which deletes that run.
-  The same config resumes the run.
+
+def lock_workdir(workdir: str) -> None:
+  """Makes this process the one run in ``workdir``, or raises a one-line UsageError.
+
+  The lock lives as long as the process (or until ``release_workdir``); a
+  lock left by a dead process is free again (see ``genmodels.locking``).
+  """
+  lock = locking.FileLock(os.path.join(workdir, LOCK_FILE))
+  try:
+    lock.acquire(blocking=False)
+  except locking.LockedError as e:
+    raise UsageError(
+        f"workdir {workdir} is in use by a live run: {locking.describe(e.holder)}; "
+        f"wait for it to finish (or stop it), or choose another --workdir") from None
+  _WORKDIR_LOCKS.append(lock)
+
+
+def release_workdir() -> None:
+  while _WORKDIR_LOCKS:
+    _WORKDIR_LOCKS.pop().release()
+
+
+def _clear(workdir: str) -> None:
+  """Deletes a run's outputs, keeping the lock file this process holds."""
+  for name in os.listdir(workdir):
+    if name == LOCK_FILE:
+      continue
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+
+
+def prepare_workdir(workdir: str, config: dict, overwrite: bool = False,
+                    lock: bool = True) -> str:
+  """Locks ``workdir`` for this run, then records ``config.json`` there.
+
+  A workdir whose run is still alive is refused before anything in it
+  changes. A workdir holding a run with another config is refused (so a typo
+  cannot mix two runs' checkpoints) unless ``overwrite`` is set, which deletes
+  that run. The same config resumes the run. In a multi-process run only
+  process 0 takes the lock (``lock=False`` on the others).
   """
   if not workdir:
     raise UsageError("--workdir is required: name a folder for the run's outputs")
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UsageError(f"--workdir {workdir} is a file, not a folder: choose "
+                     f"another --workdir")
   path = os.path.join(workdir, "config.json")
   config = json.loads(json.dumps(metrics_lib.to_python(config)))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if lock:
+      lock_workdir(workdir)
+  except OSError as e:
+    raise UsageError(f"cannot write to workdir {workdir} ({e.strerror or e}): "
+                     f"choose a writable --workdir") from e
   if os.path.exists(path):
     try:
       with open(path) as f:
@@ -181,16 +243,13 @@ def prepare_workdir(workdir: str, config: dict, overwrite: bool = False) -> str:
             f"workdir {workdir} holds a run with a different config (differs in: "
             f"{', '.join(changed) or 'unreadable config.json'}): use another "
             f"--workdir, or --overwrite to delete that run")
-      shutil.rmtree(workdir)
+      _clear(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, ".write_test")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
-    with open(path + ".tmp", "w") as f:
-      json.dump(config, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    metrics_lib.write_json_atomic(path, config)
   except OSError as e:
     raise UsageError(f"cannot write to workdir {workdir} ({e.strerror or e}): "
                      f"choose a writable --workdir") from e

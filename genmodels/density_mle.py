@@ -175,15 +175,13 @@ def load_density(workdir: str, name: str | None = None) -> TrainedDensity:
   return TrainedDensity(spec["name"], model, params)
 
 
-def write_results(workdir: str, rows: dict[str, dict]) -> str:
-  path = os.path.join(workdir, "results.json")
+def write_results(workdir: str, rows: dict[str, dict], run: dict | None = None) -> str:
+  """results.json: the truth's entropy, a row per model and the run's provenance."""
   out = {"entropy": world_map.entropy(), "land_area_deg2": world_map.land_area(),
-         "models": metrics_lib.to_python(rows)}
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(out, f, indent=2)
-  os.replace(tmp, path)
-  return path
+         "models": rows}
+  if run is not None:
+    out["run"] = run
+  return metrics_lib.write_json_atomic(os.path.join(workdir, "results.json"), out)
 
 
 def format_table(rows: dict[str, dict], entropy: float) -> str:

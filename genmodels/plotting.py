@@ -6,6 +6,8 @@ from typing import Callable, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+from matplotlib import colors  # pylint: disable=g-import-not-at-top
+from matplotlib import patheffects  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
@@ -21,42 +23,166 @@ def _save(fig, path):
   return path
 
 
-def _coastline(ax):
-  land = world_map.land_fraction_grid(2)
+# A thin light line inside a dark halo reads on any background: on magma's black
+# (empty ocean) the light core shows, on its pale yellow (a uniform box model)
+# the dark halo does.
+_HALO = [patheffects.Stroke(linewidth=1.6, foreground="black", alpha=0.8),
+         patheffects.Normal()]
+
+
+def _coastline(ax, cells_per_degree: int = 2):
+  land = world_map.land_fraction_grid(cells_per_degree)
   lon = np.linspace(*world_map.LON_RANGE, land.shape[1])
   lat = np.linspace(world_map.LAT_RANGE[1], world_map.LAT_RANGE[0], land.shape[0])
-  ax.contour(lon, lat, land, levels=[0.5], colors="white", linewidths=0.4)
+  cs = ax.contour(lon, lat, land, levels=[0.5], colors="white", linewidths=0.5)
+  cs.set_path_effects(_HALO)
+  return cs
+
+
+def _equator(ax):
+  """The equator as a dashed line, labelled at the map's left edge."""
+  ax.axhline(0, color="lightgrey", lw=0.6, ls=(0, (4, 3)), path_effects=_HALO)
+  ax.text(world_map.LON_RANGE[0] + 2, 1.5, "equator", fontsize=7,
+          color="white", ha="left", va="bottom",
+          path_effects=[patheffects.withStroke(linewidth=1.5, foreground="black")])
+
+
+def density_grid(log_prob_fn: Callable[[np.ndarray], np.ndarray],
+                 cells_per_degree: int = 2) -> np.ndarray:
+  """exp(log_prob_fn) at the cell centres of the map, [180*c, 360*c], north first."""
+  c = cells_per_degree
+  lon = np.linspace(-180, 180, 360 * c, endpoint=False) + 0.5 / c
+  lat = np.linspace(90, -90, 180 * c, endpoint=False) - 0.5 / c
+  grid = np.stack(np.meshgrid(lon, lat), -1).reshape(-1, 2).astype(np.float32)
+  log_p = np.asarray(log_prob_fn(grid), dtype=np.float64)
+  return np.exp(log_p).reshape(len(lat), len(lon))
+
+
+def clip_value(dens: np.ndarray, percentile: float | None = 99.0) -> float:
+  """Top of the colour scale: the ``percentile`` of the finite grid values.
+
+  None (or 100) gives the finite maximum. Falls back to 1.0 when no value is
+  finite and positive, so a broken model still yields a (blank) figure.
+  """
+  finite = np.asarray(dens, dtype=np.float64)
+  finite = finite[np.isfinite(finite)]
+  if finite.size == 0:
+    return 1.0
+  top = float(finite.max() if percentile is None else
+              np.percentile(finite, percentile))
+  return top if top > 0 else (float(finite.max()) if finite.max() > 0 else 1.0)
+
+
+def _pct(p: float) -> str:
+  p = float(p)
+  n = f"{p:g}"
+  if not p.is_integer():
+    return f"{n}th"
+  i = int(p)
+  suffix = "th" if 10 <= i % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(i % 10, "th")
+  return f"{n}{suffix}"
+
+
+def density_figure(log_prob_fn: Callable[[np.ndarray], np.ndarray],
+                   title: str = "", cells_per_degree: int = 2,
+                   clip_percentile: float | None = 99.0,
+                   log_scale: bool = False):
+  """The figure of ``density_map``, not yet saved (for tests and notebooks)."""
+  dens = density_grid(log_prob_fn, cells_per_degree)
+  finite = dens[np.isfinite(dens)]
+  vmax = clip_value(dens, clip_percentile)
+  clipped = finite.size > 0 and bool(finite.max() > vmax)
+  cmap = plt.get_cmap("magma").with_extremes(bad="tab:cyan")
+  if log_scale:
+    # Four decades below the top: leakage into the ocean at 1e-4 of the land
+    # density is visible, anything smaller is floored to black.
+    norm = colors.LogNorm(vmin=vmax * 1e-4, vmax=vmax, clip=False)
+    floor = vmax * 1e-4
+    shown = np.where(np.isfinite(dens), np.maximum(dens, floor), np.nan)
+    below = finite.size > 0 and bool(finite.min() < floor)
+    extend = {(True, True): "both", (True, False): "max",
+              (False, True): "min", (False, False): "neither"}[(clipped, below)]
+  else:
+    norm = colors.Normalize(vmin=0.0, vmax=vmax)
+    shown = dens
+    extend = "max" if clipped else "neither"
+  fig, ax = plt.subplots(figsize=(9, 4.5))
+  im = ax.imshow(shown, extent=_EXTENT, origin="upper", cmap=cmap, norm=norm,
+                 aspect="auto", interpolation="nearest")
+  _coastline(ax)
+  _equator(ax)
+  label = "density (deg⁻², log scale)" if log_scale else "density (deg⁻²)"
+  if clipped:  # Only possible with a percentile: None clips at the maximum.
+    label += f", clipped at {_pct(clip_percentile)} pct"
+  if finite.size < dens.size:
+    label += f"\n{dens.size - finite.size:,} non-finite cells in cyan"
+  fig.colorbar(im, ax=ax, label=label, extend=extend)
+  ax.set(xlabel="longitude", ylabel="latitude", title=title)
+  return fig
 
 
 def density_map(log_prob_fn: Callable[[np.ndarray], np.ndarray], path: str,
-                title: str = "", cells_per_degree: int = 2):
-  """The model's density over the map as a heat map, with the coastline."""
-  lon = np.linspace(-180, 180, 360 * cells_per_degree, endpoint=False) + 0.5 / cells_per_degree
-  lat = np.linspace(90, -90, 180 * cells_per_degree, endpoint=False) - 0.5 / cells_per_degree
-  grid = np.stack(np.meshgrid(lon, lat), -1).reshape(-1, 2).astype(np.float32)
-  dens = np.exp(np.asarray(log_prob_fn(grid))).reshape(len(lat), len(lon))
-  fig, ax = plt.subplots(figsize=(9, 4.5))
-  im = ax.imshow(dens, extent=_EXTENT, origin="upper", cmap="magma", aspect="auto")
-  _coastline(ax)
-  fig.colorbar(im, ax=ax, label="density (1/deg²)")
-  ax.axhline(0, color="grey", lw=0.2)
-  ax.set(xlabel="longitude", ylabel="latitude", title=title)
-  return _save(fig, path)
+                title: str = "", cells_per_degree: int = 2,
+                clip_percentile: float | None = 99.0, log_scale: bool = False):
+  """The model's density over the map as a heat map, with the coastline.
+
+  The colour scale is linear in density and runs from 0 to the
+  ``clip_percentile`` of the density over the grid (cells above it saturate,
+  the colour bar gets an arrow and its label says so). Linear by default
+  because the question the figure answers is "where does the probability
+  mass go", and the truth is a flat plateau of 1/A on land: a linear scale
+  shows a model's bumps and dips against that plateau as they weigh in the
+  NLL, while a log scale flattens them and spends most of its range on the
+  ocean's near-zero values. Without the clip, a few hot spots (a flow's
+  spikes) set the top of the scale and the rest of the land is one colour.
+  ``log_scale=True`` instead shows four decades below the clip value, for
+  looking at leakage into the ocean. ``clip_percentile=None`` disables
+  clipping. Non-finite densities are drawn in cyan and counted in the label.
+  """
+  return _save(density_figure(log_prob_fn, title, cells_per_degree,
+                              clip_percentile, log_scale), path)
+
+
+def count_off_map(points: np.ndarray) -> int:
+  """How many (lon, lat) points fall outside the plotted box or are non-finite."""
+  points = np.asarray(points)
+  shown = world_map.in_box(points) & np.isfinite(points).all(-1)
+  return int(np.count_nonzero(~shown))
+
+
+def _panel_title(name: str, shown: int, total: int, off_map: int) -> str:
+  count = f"{shown:,} {name}" if shown == total else f"{shown:,} of {total:,} {name}"
+  if off_map:
+    return f"{count} ({off_map:,} off the map, not shown)"
+  return f"{count} (all on the map)"
+
+
+def samples_vs_data_figure(samples: np.ndarray, data: np.ndarray,
+                           title: str = "", max_points: int = 5000):
+  """The figure of ``samples_vs_data``, not yet saved (for tests and notebooks)."""
+  fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
+  for ax, pts, name in ((axes[0], data, "data points"),
+                        (axes[1], samples, "model samples")):
+    pts = np.asarray(pts)
+    total = len(pts)
+    pts = pts[:max_points]
+    ax.scatter(pts[:, 0], pts[:, 1], s=0.5, alpha=0.5,
+               color="tab:orange" if name.startswith("data") else "tab:blue")
+    ax.set(xlim=world_map.LON_RANGE, ylim=world_map.LAT_RANGE, xlabel="longitude",
+           title=_panel_title(name, len(pts), total, count_off_map(pts)))
+  axes[0].set_ylabel("latitude")
+  fig.suptitle(title)
+  return fig
 
 
 def samples_vs_data(samples: np.ndarray, data: np.ndarray, path: str,
                     title: str = "", max_points: int = 5000):
-  """Model samples beside training data, on the same axes."""
-  fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
-  for ax, pts, name in ((axes[0], data, "data"), (axes[1], samples, "model samples")):
-    pts = pts[:max_points]
-    ax.scatter(pts[:, 0], pts[:, 1], s=0.5, alpha=0.5,
-               color="tab:orange" if name == "data" else "tab:blue")
-    ax.set(xlim=world_map.LON_RANGE, ylim=world_map.LAT_RANGE, xlabel="longitude",
-           title=f"{name} ({len(pts):,} points)")
-  axes[0].set_ylabel("latitude")
-  fig.suptitle(title)
-  return _save(fig, path)
+  """Model samples beside training data, on the same axes.
+
+  Each panel plots the first ``max_points`` points; its title gives how many
+  of those fall outside the map box or are non-finite (and so are not drawn).
+  """
+  return _save(samples_vs_data_figure(samples, data, title, max_points), path)
 
 
 def training_curves(history: Sequence[dict], path: str, keys: Sequence[str],

@@ -237,7 +237,10 @@ def _num(value):
 
 def test_e2e_results_report_and_figures(e2e):
   workdir, results = e2e
-  assert set(results) >= {"entropy", "models"}
+  assert set(results) >= {"entropy", "models", "run"}
+  run = results["run"]  # a slow number explains itself
+  assert run["machine"]["cpu_model"] and run["versions"]["jax"]
+  assert "cpu_steal_fraction" in run
   assert results["entropy"] == pytest.approx(world_map.entropy(), abs=1e-9)
   assert set(results["models"]) == set(E2E_MODELS)
   for name, row in results["models"].items():

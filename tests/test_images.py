@@ -178,3 +178,47 @@ def test_cifar10_failed_download(tmp_path, monkeypatch):
   with pytest.raises(DatasetUnavailableError, match="download failed: ConnectionError") as e:
     load_image_dataset("cifar10", "train", data_dir=str(tmp_path))
   _assert_clear(e.value)
+
+
+# ------------------------------------------------------ concurrent preparation
+
+def _prepare_and_load(data_dir, manual_dir, barrier):
+  barrier.wait()  # every process asks for the unprepared dataset at once
+  data = load_image_dataset("fashion_mnist_offline", "train", data_dir=data_dir,
+                            manual_dir=manual_dir)
+  return data.images.tobytes(), data.labels.tobytes()
+
+
+def test_concurrent_preparation_of_one_fresh_data_dir(tmp_path):
+  """Four processes prepare the same fresh data_dir at once: none fails, all agree."""
+  import concurrent.futures
+  import multiprocessing
+  arrays = fake_fashion_dir(tmp_path / "manual", n_train=300, n_test=40)
+  data_dir = str(tmp_path / "tfds")
+  ctx = multiprocessing.get_context("spawn")
+  n = 4
+  with ctx.Manager() as manager:
+    barrier = manager.Barrier(n)
+    with concurrent.futures.ProcessPoolExecutor(n, mp_context=ctx) as pool:
+      futures = [pool.submit(_prepare_and_load, data_dir, str(tmp_path / "manual"),
+                             barrier) for _ in range(n)]
+      outputs = [f.result(timeout=300) for f in futures]
+  x, y = arrays["train"]
+  for images_bytes, labels_bytes in outputs:
+    assert images_bytes == x[..., None].tobytes()
+    assert labels_bytes == y.astype(np.int32).tobytes()
+  # One prepared version folder and no incomplete leftovers.
+  entries = sorted(os.listdir(os.path.join(data_dir, "fashion_mnist_offline")))
+  assert entries == ["1.0.0"], entries
+
+
+def test_unpreparable_offline_dataset_names_the_real_cause(tmp_path):
+  blocker = tmp_path / "not_a_dir"
+  blocker.write_text("a file where the data_dir should be")
+  fake_fashion_dir(tmp_path / "manual")
+  with pytest.raises(DatasetUnavailableError) as info:
+    load_image_dataset("fashion_mnist_offline", "train", data_dir=str(blocker),
+                       manual_dir=str(tmp_path / "manual"))
+  msg = str(info.value)
+  assert "cannot create the data_dir" in msg
+  assert "--dataset=fashion_mnist_offline" not in msg  # never "pass what you passed"

@@ -34,6 +34,7 @@ from genmodels import density_mle
 from genmodels.training import checkpoint as checkpoint_lib
 from genmodels.training import loop
 from genmodels.training import metrics as metrics_lib
+from genmodels.training import preemption
 from genmodels.training import steps as steps_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +59,7 @@ def _digest(ckpt_dir, step):
 
 
 def _without_timing(row):
-  return {k: v for k, v in row.items() if "seconds" not in k}
+  return {k: v for k, v in row.items() if "seconds" not in k and k != "run"}
 
 
 def _assert_same_params(a, b):
@@ -198,6 +199,28 @@ def test_rerunning_a_finished_run_changes_nothing(finished, tmp_path):
       (10, "train"), (20, "train"), (30, "train"), (30, "test")]
 
 
+def test_preemption_request_stops_at_a_step_boundary_then_resumes_exactly(
+    finished, tmp_path):
+  """SIGINT/SIGTERM as the loop sees them: a checkpoint at the step, then resume."""
+  ref_dir, ref = finished
+  workdir = tmp_path / "run"
+  with preemption.handle_signals():
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: no KeyboardInterrupt, a request
+    assert preemption.requested() == signal.SIGINT
+    with pytest.raises(preemption.Preempted) as info:
+      _train(workdir)
+  assert info.value.step == 2  # the first dispatch: 2 steps
+  assert info.value.signum == signal.SIGINT
+  assert _steps(workdir / "checkpoints") == [2]
+  assert preemption.requested() is None  # handlers restored, request cleared
+  result = _train(workdir)
+  assert result.resumed_from == 2
+  _assert_same_params(result.state.params, ref.state.params)
+  # The train record of the window cut by the stop averages all its steps.
+  assert [_without_timing(r) for r in result.history] == [
+      _without_timing(r) for r in ref.history]
+
+
 # ------------------------------------------- entry points, killed with SIGKILL
 # Last in the file: the density scenario's subprocesses start at collection
 # (conftest's start_early) and run while the engine tests above do.
@@ -209,9 +232,10 @@ class KillScenario:
   exists (the run is then training, logging or saving the next one).
   """
 
-  def __init__(self, script, args, ckpt_subdir, kill_after, final_step):
+  def __init__(self, script, args, ckpt_subdir, kill_after, final_step,
+               sig=signal.SIGKILL):
     self.script, self.args, self.ckpt_subdir = script, args, ckpt_subdir
-    self.kill_after, self.final_step = kill_after, final_step
+    self.kill_after, self.final_step, self.sig = kill_after, final_step, sig
     self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="genmodels_resume_"))
     self.ref_dir, self.run_dir = self.tmp / "uninterrupted", self.tmp / "killed"
     self.procs, self.out, self.stopped = [], {}, False
@@ -241,8 +265,8 @@ class KillScenario:
         assert run.poll() is None, "the run ended before the kill"
         assert time.monotonic() < deadline, "no checkpoint to kill after in time"
         time.sleep(0.01)
-      os.kill(run.pid, signal.SIGKILL)
-      self.out["killed_status"] = run.wait()
+      os.kill(run.pid, self.sig)
+      self.out["killed_status"] = run.wait(timeout=300)
       self.out["killed_at"] = _steps(ckpt_dir)
       self.out["results_after_kill"] = (self.run_dir / "results.json").exists()
       self.out["restart_status"] = self._start(self.run_dir, "restart.log").wait(timeout=600)
@@ -256,7 +280,16 @@ class KillScenario:
             if (self.tmp / f"{n}.log").exists()}
     assert "error" not in self.out, (self.out["error"], logs)
     assert self.out["ref_status"] == 0, logs["ref"]
-    assert self.out["killed_status"] == -signal.SIGKILL
+    if self.sig == signal.SIGKILL:
+      assert self.out["killed_status"] == -signal.SIGKILL
+    else:  # stopped at a step boundary with a checkpoint and a one-line message
+      assert self.out["killed_status"] == 128 + self.sig, logs["run"]
+      lines = [l for l in logs["run"].splitlines() if l.strip()]
+      # One line of its own, after the ladder's "== model" headers.
+      assert all(l.startswith("== ") for l in lines[:-1]), logs["run"]
+      assert lines[-1].startswith("stopped: stopped by"), logs["run"]
+      step = max(self.out["killed_at"])
+      assert f"run the same command again to resume from step {step}" in lines[-1]
     assert max(self.out["killed_at"]) < self.final_step  # killed mid-run...
     assert not self.out["results_after_kill"]
     assert self.out["restart_status"] == 0, logs["restart"]  # ... and resumed
@@ -285,28 +318,34 @@ class KillScenario:
 _DENSITY = {}
 
 
-def _density_scenario():
-  if "scenario" not in _DENSITY:
-    _DENSITY["scenario"] = KillScenario(
-        "density_mle.py",
-        [f"--model={MODEL}", "--config=experiments/configs/density_mle.py:smoke",
-         "--progress=false", "--figures=false",
-         f"--config.models.{MODEL}.num_steps={NUM_STEPS}",
-         f"--config.models.{MODEL}.checkpoint_every={EVERY}",
-         f"--config.models.{MODEL}.log_every={EVERY}",
-         f"--config.models.{MODEL}.steps_per_dispatch=1"],
-        f"models/{MODEL}/checkpoints", kill_after=3 * EVERY, final_step=NUM_STEPS)
-  return _DENSITY["scenario"]
+def _density_args(num_steps=NUM_STEPS):
+  return [f"--model={MODEL}", "--config=experiments/configs/density_mle.py:smoke",
+          "--progress=false", "--figures=false",
+          f"--config.models.{MODEL}.num_steps={num_steps}",
+          f"--config.models.{MODEL}.checkpoint_every={EVERY}",
+          f"--config.models.{MODEL}.log_every={EVERY}",
+          f"--config.models.{MODEL}.steps_per_dispatch=1"]
+
+
+def _density_scenario(sig=signal.SIGKILL):
+  if sig not in _DENSITY:
+    _DENSITY[sig] = KillScenario(
+        "density_mle.py", _density_args(), f"models/{MODEL}/checkpoints",
+        kill_after=3 * EVERY, final_step=NUM_STEPS, sig=sig)
+  return _DENSITY[sig]
 
 
 def start_early(items):
   """conftest hook: the subprocesses start at collection, overlapping other tests."""
-  if any(item.name.startswith("test_density_mle_sigkill") for item in items):
+  if any(item.name.startswith("test_density_mle_stopped") for item in items):
     _density_scenario()
 
 
-def test_density_mle_sigkill_mid_run_then_resume_equals_uninterrupted():
-  scenario = _density_scenario()  # already running unless picked alone
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM],
+                         ids=["sigkill", "sigterm"])
+def test_density_mle_stopped_mid_run_then_resume_equals_uninterrupted(sig):
+  """kill -9 (last checkpoint) or SIGTERM (checkpoint at the next step), then resume."""
+  scenario = _density_scenario(sig)  # already running unless picked alone
   try:
     got, want, metrics = scenario.finish()
     assert [r["step"] for r in metrics if r["split"] == "train"] == list(

@@ -21,6 +21,7 @@ import dataclasses
 import gzip
 import importlib.resources
 import os
+import re
 import socket
 import sys
 import urllib.parse
@@ -34,6 +35,8 @@ except ImportError:
   sys.modules.setdefault("importlib_resources", importlib.resources)
 
 import tensorflow_datasets as tfds  # noqa: E402
+
+from genmodels import locking  # noqa: E402
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -185,9 +188,52 @@ def _offline_reason(builder: tfds.core.DatasetBuilder) -> str | None:
 
 def _unavailable(name, data_dir, reason) -> DatasetUnavailableError:
   where = data_dir or "the tfds data_dir"
+  hint = ("check the files in manual_dir (default "
+          f"{DEFAULT_FASHION_MNIST_DIR}) and that data_dir is writable"
+          if name in OFFLINE_DATASETS else _OFFLINE_HINT)
   return DatasetUnavailableError(
       f"dataset {name!r} is not prepared in {where} and cannot be prepared here "
-      f"({reason}); {_OFFLINE_HINT}")
+      f"({reason}); {hint}")
+
+
+def prepare(name: str, data_dir: str | None = None,
+            manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """Prepares dataset ``name`` in ``data_dir`` once, safely across processes.
+
+  Any number of processes (test workers, the processes of a multi-process run,
+  two users' runs) may ask at once: an exclusive lock file beside the dataset
+  lets one of them prepare it while the others wait, then find it prepared.
+  The kernel drops the lock of a process that dies, so a crash blocks nobody.
+  """
+  builder = tfds.builder(name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  root = builder.data_dir_root
+  try:
+    os.makedirs(root, exist_ok=True)
+  except OSError as e:
+    raise _unavailable(name, root, f"cannot create the data_dir: "
+                       f"{e.strerror or e}") from e
+  lock_name = f".{re.sub(r'[^A-Za-z0-9_.-]', '_', builder.name)}.prepare.lock"
+  with locking.exclusive(os.path.join(root, lock_name)):
+    builder = tfds.builder(name, data_dir=data_dir)  # another may have finished
+    if builder.is_prepared():
+      return builder
+    if reason := _offline_reason(builder):
+      raise _unavailable(name, data_dir, reason)
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    try:
+      builder.download_and_prepare(download_config=config)
+    except ModuleNotFoundError as e:
+      if e.name != "tensorflow":
+        raise
+      raise _unavailable(name, data_dir, "tfds needs TensorFlow to encode its "
+                         "images, and TensorFlow is not installed") from e
+    except OSError as e:  # requests' ConnectionError, a full disk, ...
+      what = "preparation failed" if name in OFFLINE_DATASETS else "download failed"
+      raise _unavailable(name, data_dir, f"{what}: {type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}") from e
+  return builder
 
 
 def _read_all(source) -> list:
@@ -212,21 +258,8 @@ def load_image_dataset(name: str, split: str, data_dir: str | None = None,
   if manual_dir is not None and not os.path.isdir(manual_dir):
     raise ValueError(f"manual_dir {manual_dir} for {name!r} is not a folder; "
                      "pass the folder that holds the dataset files")
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared() and (reason := _offline_reason(builder)):
-    raise _unavailable(name, data_dir, reason)
-  config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  try:
-    source = tfds.data_source(
-        name, split=split, data_dir=data_dir, download=True,
-        download_and_prepare_kwargs={"download_config": config})
-  except ModuleNotFoundError as e:
-    if e.name != "tensorflow":
-      raise
-    raise _unavailable(name, data_dir, "tfds needs TensorFlow to encode its "
-                       "images, and TensorFlow is not installed") from e
-  except OSError as e:  # requests' ConnectionError and friends
-    raise _unavailable(name, data_dir, f"download failed: {type(e).__name__}") from e
+  prepare(name, data_dir, manual_dir)
+  source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
   features = source.dataset_info.features
   image_key, label_key = source.dataset_info.supervised_keys or ("image", "label")

@@ -16,6 +16,8 @@ process 0 alone writes metrics, and Orbax writes one checkpoint from all.
 """
 
 import dataclasses
+import json
+import os
 import time
 from typing import Any, Callable
 
@@ -27,6 +29,7 @@ import tqdm
 
 from genmodels.training import checkpoint as checkpoint_lib
 from genmodels.training import metrics as metrics_lib
+from genmodels.training import preemption
 from genmodels.training import sharding
 from genmodels.training import steps as steps_lib
 
@@ -135,6 +138,29 @@ class _MemoryWriter:
     pass
 
 
+_WINDOW_FILE = "preempted_window.json"
+
+
+def _save_window(workdir: str, step: int, window: list[dict]):
+  """The train metrics of a log window cut short by preemption, to finish it on resume."""
+  record = {"step": step, "window": [
+      {k: [float(v), np.asarray(v).dtype.str] for k, v in w.items()} for w in window]}
+  metrics_lib.write_json_atomic(os.path.join(workdir, _WINDOW_FILE), record)
+
+
+def _load_window(workdir: str, start: int) -> list[dict]:
+  path = os.path.join(workdir, _WINDOW_FILE)
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return []
+  if record.get("step") != start:  # stale: resumed from another checkpoint
+    return []
+  return [{k: np.dtype(dtype).type(v)
+           for k, (v, dtype) in w.items()} for w in record["window"]]
+
+
 def _first_bad(metrics: dict) -> tuple[int, str] | None:
   finite = np.asarray(metrics["finite"])
   if finite.all():
@@ -205,6 +231,7 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
   index_sharding = sharding.batch_sharded(mesh, leading_axes=1)
 
   eval_seconds = 0.0
+  window: list[dict] = _load_window(workdir, start)
 
   def run_eval(step):
     nonlocal eval_seconds
@@ -222,7 +249,6 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
       on_eval(step, results, trained_seconds)
 
   boundaries = [config.log_every, config.checkpoint_every, config.eval_every]
-  window: list[dict] = []
   bar = tqdm.tqdm(total=config.num_steps, initial=start,
                   disable=not config.progress or jax.process_index() > 0,
                   desc="train", unit="step", dynamic_ncols=True, leave=False)
@@ -259,6 +285,11 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
       if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
         run_eval(step)
       ckpt.save(step, state)
+      if step < config.num_steps and (signum := preemption.should_stop()):
+        ckpt.save(step, state, force=True)
+        if jax.process_index() == 0:
+          _save_window(workdir, step, window)
+        raise preemption.Preempted(step, signum)
     train_seconds = time.perf_counter() - t0 - eval_seconds
     ckpt.save(step, state, force=True)
     run_eval(step)

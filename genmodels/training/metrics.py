@@ -20,6 +20,15 @@ def to_python(value):
   return value
 
 
+def write_json_atomic(path: str, obj, indent: int | None = 2) -> str:
+  """Writes ``obj`` (numpy scalars allowed) as JSON; a kill mid-write keeps the old file."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(to_python(obj), f, indent=indent)
+  os.replace(tmp, path)
+  return path
+
+
 class MetricWriter:
   """Appends ``{"step": s, "split": ..., **metrics}`` records to metrics.jsonl.
 
