@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 
 
 def load_density(workdir: str, name: str | None = None):
-  """A trained density model from a density_mle workdir (see density_mle.load_density)."""
-  from genmodels import density_mle  # pylint: disable=g-import-not-at-top
-  return density_mle.load_density(workdir, name)
+  """A trained density model from a density workdir (see density.trained.load_density)."""
+  from genmodels.density import trained  # pylint: disable=g-import-not-at-top
+  return trained.load_density(workdir, name)

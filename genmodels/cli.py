@@ -10,7 +10,6 @@ import json
 import logging as py_logging
 import os
 import shutil
-import math
 import sys
 
 from absl import app
@@ -31,12 +30,6 @@ class UsageError(ValueError):
 
 USER_ERRORS = (UsageError, ValueError, OSError, KeyError, flags.Error)
 INTERRUPTED_EXIT = 130
-
-
-def check_positive(name: str, value) -> None:
-  """Refuses a size or rate that is not a finite positive number (NaN included)."""
-  if not 0 < value < math.inf:
-    raise UsageError(f"{name} must be a positive number, got {value}")
 
 
 def one_line(error: BaseException) -> str:
@@ -254,3 +247,105 @@ def prepare_workdir(workdir: str, config: dict, overwrite: bool = False,
     raise UsageError(f"cannot write to workdir {workdir} ({e.strerror or e}): "
                      f"choose a writable --workdir") from e
   return workdir
+
+
+# ------------------------------------------------- experiment entry points
+
+def usage(experiment, config_module, shortcuts: dict[str, str], script: str) -> str:
+  """--help's first lines: what it does, --config and its variants, the override syntax."""
+  doc = (config_module.__doc__ or "").strip()
+  what = doc.split("\n\n", 1)[0]
+  rel = os.path.relpath(experiment.CONFIG_FILE, _REPO_ROOT)
+  lines = [what, "", f"Config: --config={rel}[:VARIANT] (the default: the base config)",
+           "  variants:"]
+  for name, fn in config_module.VARIANTS.items():
+    if not name and list(config_module.VARIANTS.values()).count(fn) > 1:
+      continue  # "" is an alias of a named variant
+    first = ((fn.__doc__ or "").strip().splitlines() or ["the base config"])[0]
+    lines.append(f"    {name or '(default)':10s} {first}")
+  example = getattr(config_module, "OVERRIDE_EXAMPLE", "--config.seed=1")
+  lines += ["", "Override any config field with --config.FIELD=VALUE, e.g.",
+            f"  python {script} --workdir=/tmp/run {example}"]
+  if shortcuts:
+    lines += ["", "Short flags for config fields: " + ", ".join(
+        f"--{k} (config.{k})" for k in shortcuts)]
+  rest = doc.split("\n\n", 1)[1] if "\n\n" in doc else ""
+  return "\n".join(lines) + ("\n\n" + rest if rest else "") + "\n"
+
+
+class ExperimentFlags:
+  """The flags every experiment entry point has, defined once here."""
+
+  def __init__(self, experiment, config_module, shortcuts: dict[str, str]):
+    self.experiment, self.shortcuts = experiment, shortcuts
+    self.config = define_config_file(
+        "config", experiment.CONFIG_FILE,
+        "ml_collections config file, optionally :VARIANT; override any field "
+        "with --config.FIELD=VALUE.", lock_config=True)
+    self.workdir = flags.DEFINE_string("workdir", None, "Folder for the run's outputs "
+                                       "(run again to resume).")
+    self.short = {name: flags.DEFINE_string(name, None, f"{help_} (sets config.{name})")
+                  for name, help_ in shortcuts.items()}
+    self.overwrite = flags.DEFINE_bool("overwrite", False,
+                                       "Delete a run with another config in --workdir.")
+    self.progress = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    self.figures = flags.DEFINE_bool("figures", True, "Write PNG figures and report.md.")
+    self.num_devices = flags.DEFINE_integer(
+        "num_devices", None, "Data-parallel width: devices in the mesh, over all "
+        "processes (default: all).", lower_bound=1)
+    self.coordinator = flags.DEFINE_string(
+        "coordinator_address", None, "Multi-process: host:port of process 0 "
+        "(with --num_processes and --process_id; all share --workdir).")
+    self.num_processes = flags.DEFINE_integer(
+        "num_processes", None, "Multi-process: number of processes.", lower_bound=1)
+    self.process_id = flags.DEFINE_integer(
+        "process_id", None, "Multi-process: this process's rank, "
+        "0..num_processes-1.", lower_bound=0)
+    del config_module
+
+  def resolved_config(self):
+    """The config with the short flags applied, normalised and validated."""
+    from genmodels.training import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+    config = self.config.value
+    for name, flag in self.short.items():
+      if flag.value is not None:
+        config[name] = type(config[name])(flag.value)
+    if hasattr(self.experiment, "resolve"):
+      self.experiment.resolve(config)
+    experiment_lib.validate(self.experiment, config)
+    return config
+
+
+def define_experiment(experiment, config_module, shortcuts: dict[str, str] | None = None,
+                      script: str = "") -> tuple["ExperimentFlags", str]:
+  """Defines an entry point's flags; returns them and its --help text."""
+  shortcuts = shortcuts or {}
+  return (ExperimentFlags(experiment, config_module, shortcuts),
+          usage(experiment, config_module, shortcuts, script))
+
+
+def experiment_main(fl: ExperimentFlags):
+  """The main of an experiment entry point: validate, lock the workdir, run, print."""
+  from genmodels.training import distributed  # pylint: disable=g-import-not-at-top
+  from genmodels.training import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+
+  @one_line_errors
+  def main(argv):
+    if len(argv) > 1:
+      raise UsageError(f"unexpected arguments {argv[1:]}: pass options as --flags")
+    # Before anything touches a device: join the other processes, if any.
+    distributed.initialize(fl.coordinator.value, fl.num_processes.value,
+                           fl.process_id.value)
+    config = fl.resolved_config()  # every check, before the workdir is touched
+    workdir = distributed.main_process_first(lambda: prepare_workdir(
+        fl.workdir.value, config.to_dict(), overwrite=fl.overwrite.value,
+        lock=distributed.is_main_process()))
+    options = experiment_lib.Options(progress=fl.progress.value,
+                                     figures=fl.figures.value,
+                                     num_devices=fl.num_devices.value)
+    results = experiment_lib.run(fl.experiment, config, workdir, options)
+    if distributed.is_main_process():
+      print(fl.experiment.table(results))
+      print(f"\nresults: {os.path.join(workdir, 'results.json')}")
+
+  return main

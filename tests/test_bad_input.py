@@ -113,7 +113,7 @@ DRIVER = textwrap.dedent(r'''
                 if hasattr(v, "items"):
                   walk(f"{prefix}{k}.", v)
                 elif isinstance(v, (bool, int, float, str)):
-                  config[prefix + k] = type(v).__name__
+                  config[prefix + k] = {"type": type(v).__name__, "value": v}
             walk("", flags.FLAGS["config"].value)
           with open(f"{out_dir}/flags.json", "w") as f:
             json.dump({"flags": info, "config": config}, f)
@@ -244,11 +244,18 @@ def drivers():
       driver.close()
 
 
+_CONFIG_FILES = {"density_mle": "genmodels/density/config.py",
+                 "classify": "genmodels/classify/config.py",
+                 "latent_space": "genmodels/latent/config.py",
+                 "nonlinearity": "genmodels/nonlinearity/config.py"}
+
+
 def _smoke_config(name):
   """``--config`` value of the entry point's tiny variant, if it has one."""
-  path = os.path.join(REPO, "experiments", "configs", f"{name}.py")
+  rel = _CONFIG_FILES.get(name)
+  path = os.path.join(REPO, rel) if rel else ""
   if os.path.exists(path) and '"smoke"' in open(path).read():
-    return f"experiments/configs/{name}.py:smoke"
+    return f"{rel}:smoke"
   return None
 
 
@@ -290,47 +297,66 @@ def _manual_dir(path, broken=None):
 # where the entry point has no such input. ``flags`` is the entry point's own
 # flags, as listed by the driver.
 
-SIZE_FLAGS = ("num_train", "num_steps", "batch_size", "epochs", "num_test",
-              "num_validation", "num_samples", "latent_dim")
-RATE_FLAGS = ("learning_rate",)
+# Sizes and rates are config fields (``--config.PATH=VALUE``): a case picks,
+# for each name, the last config path ending in it (for the density ladder,
+# the spline flow's, a model that trains).
+POSITIVE_SIZES = ("num_train", "batch_size", "epochs", "num_test", "num_validation")
+SIZES = POSITIVE_SIZES + ("num_steps",)  # 0 steps is valid: a closed-form model
+RATES = ("learning_rate",)
+ZERO_MEANS_ALL = {"classify": ("num_train", "num_test")}  # 0: the whole split
 
 
-def _first(names, flag_info):
-  return next((n for n in names if n in flag_info), None)
+def _path(name, info):
+  paths = sorted(p for p in info["config"] if p == name or p.endswith("." + name))
+  return paths[-1] if paths else None
 
 
 def _size(value):
-  def case(flag_info, tmp):  # every size flag the entry point has
-    return [([f"--{n}={value}"], [n, str(value)]) for n in SIZE_FLAGS if n in flag_info]
+  def case(info, tmp):  # every size field the entry point has
+    out = []
+    for name in (SIZES if value != 0 else POSITIVE_SIZES):
+      path = _path(name, info)
+      zero_valid = (info["config"].get(path, {}).get("value") == 0  # e.g. epochs=0: use num_steps
+                    or path in ZERO_MEANS_ALL.get(info["entry"], ()))
+      if path and not (value == 0 and zero_valid):
+        out.append(([f"--config.{path}={value}"], [name, str(value)]))
+    return out
   return case
 
 
 def _rate(value):
-  def case(flag_info, tmp):
-    name = _first(RATE_FLAGS, flag_info)
-    return name and ([f"--{name}={value}"], [name, value])
+  def case(info, tmp):
+    path = _path(RATES[0], info)
+    return path and ([f"--config.{path}={value}"], [RATES[0], value])
   return case
 
 
-def _batch_too_large(flag_info, tmp):
-  if "batch_size" not in flag_info:
-    return None
-  return ["--batch_size=100000"], ["100000", "larger"]
+def _batch_too_large(info, tmp):
+  path = _path("batch_size", info)
+  return path and ([f"--config.{path}=100000"], ["100000", "larger"])
 
 
-def _workdir_under_a_file(flag_info, tmp):
-  if "workdir" not in flag_info:
+def _workdir_under_a_file(info, tmp):
+  if "workdir" not in info["flags"]:
     return None
   (tmp / "a_file").write_text("not a folder")
   return [f"--workdir={tmp / 'a_file' / 'run'}"], ["workdir", "a_file"]
 
 
-def _workdir_in_proc(flag_info, tmp):
-  return "workdir" in flag_info and (["--workdir=/proc/genmodels_run"], ["workdir", "/proc"])
+def _workdir_is_a_file(info, tmp):
+  if "workdir" not in info["flags"]:
+    return None
+  (tmp / "a_file").write_text("not a folder")
+  return [f"--workdir={tmp / 'a_file'}"], ["workdir", "is a file"]
 
 
-def _workdir_other_config(flag_info, tmp):
-  if "workdir" not in flag_info:
+def _workdir_in_proc(info, tmp):
+  return "workdir" in info["flags"] and (["--workdir=/proc/genmodels_run"],
+                                         ["workdir", "/proc"])
+
+
+def _workdir_other_config(info, tmp):
+  if "workdir" not in info["flags"]:
     return None
   (tmp / "old").mkdir()
   (tmp / "old" / "config.json").write_text(json.dumps({"another": "run"}))
@@ -338,25 +364,26 @@ def _workdir_other_config(flag_info, tmp):
 
 
 def _manual_dir_case(broken, words):
-  def case(flag_info, tmp):
-    if "manual_dir" not in flag_info or "data_dir" not in flag_info:
+  def case(info, tmp):
+    if "manual_dir" not in info["config"] or "data_dir" not in info["config"]:
       return None
     manual = _manual_dir(tmp / "manual", broken)
     # A fresh data_dir: the dataset must be prepared from the broken files.
-    return [f"--manual_dir={manual}", f"--data_dir={tmp / 'tfds'}"], words
+    return [f"--config.manual_dir={manual}", f"--config.data_dir={tmp / 'tfds'}"], words
   return case
 
 
 def _named(flag, what):
-  def case(flag_info, tmp):
-    return flag in flag_info and ([f"--{flag}=no_such_{what}"], [f"no_such_{what}", "valid"])
+  def case(info, tmp):
+    return flag in info["flags"] and ([f"--{flag}=no_such_{what}"],
+                                      [f"no_such_{what}", "valid"])
   return case
 
 
-def _config_variant(flag_info, tmp):
-  if "config" not in flag_info:
+def _config_variant(info, tmp):
+  if "config" not in info["flags"]:
     return None
-  return ["--config=" + _config_path(flag_info) + ":no_such_variant"], [
+  return ["--config=" + _config_path(info["flags"]) + ":no_such_variant"], [
       "no_such_variant", "valid"]
 
 
@@ -369,25 +396,26 @@ BAD_INPUT = {
     "unknown_dataset": _named("dataset", "dataset"),
     "zero_size": _size(0),
     "negative_size": _size(-3),
-    "unparsable_size": lambda f, t: (n := _first(SIZE_FLAGS, f)) and (
-        [f"--{n}=twelve"], [n, "twelve"]),
+    "unparsable_size": lambda i, t: (p := _path("batch_size", i)) and (
+        [f"--config.{p}=twelve"], ["batch_size", "twelve"]),
     "negative_rate": _rate("-1"),
     "zero_rate": _rate("0"),
     "nan_rate": _rate("nan"),
     "batch_larger_than_data": _batch_too_large,
     "workdir_under_a_file": _workdir_under_a_file,
+    "workdir_is_a_file": _workdir_is_a_file,
     "workdir_in_proc": _workdir_in_proc,
     "workdir_with_another_config": _workdir_other_config,
     "data_files_missing": _manual_dir_case("missing", ["not found", "train-images"]),
     "data_file_wrong_magic": _manual_dir_case("magic", ["magic", "train-images"]),
     "data_file_truncated": _manual_dir_case("truncated", ["truncated", "train-images"]),
-    "manual_dir_not_a_folder": lambda f, t: "manual_dir" in f and (
-        [f"--manual_dir={t / 'nowhere'}"], ["nowhere"]),
+    "manual_dir_not_a_folder": lambda i, t: "manual_dir" in i["config"] and (
+        [f"--config.manual_dir={t / 'nowhere'}"], ["nowhere"]),
     "unknown_config_variant": _config_variant,
-    "unknown_config_field": lambda f, t: "config" in f and (
+    "unknown_config_field": lambda i, t: "config" in i["flags"] and (
         ["--config.no_such_field=1"], ["no_such_field"]),
-    "unknown_flag": lambda f, t: (["--no_such_flag=1"], ["no_such_flag"]),
-    "stray_argument": lambda f, t: (["stray_argument"], ["stray_argument"]),
+    "unknown_flag": lambda i, t: (["--no_such_flag=1"], ["no_such_flag"]),
+    "stray_argument": lambda i, t: (["stray_argument"], ["stray_argument"]),
 }
 
 
@@ -409,11 +437,12 @@ def table_results(drivers, tmp_path_factory):
 
   def get(entry):
     if entry not in cache:
-      driver, flag_info, _, _ = drivers(entry)
+      driver, flag_info, config_keys, _ = drivers(entry)
+      info = {"flags": flag_info, "config": config_keys, "entry": entry}
       cases, expected = [], {}
       for name, make in BAD_INPUT.items():
         tmp = tmp_path_factory.mktemp(f"{entry}_{name}")
-        made = make(flag_info, tmp)
+        made = make(info, tmp)
         for j, (argv, words) in enumerate([made] if isinstance(made, tuple) else made or []):
           base = _base_args(entry, flag_info, tmp / f"run{j}")
           if any(a.startswith("--config=") for a in argv):
@@ -506,18 +535,21 @@ def _random_argv(rng, flag_info, config_keys, tmp, i):
   for name, info in flag_info.items():
     if name in NOT_FUZZED or rng.random() < 0.6:
       continue
-    if name in ("data_dir", "manual_dir"):
-      value = rng.choice([str(tmp / "nowhere"), "", "/proc", str(tmp / f"d{i}"), "/etc/passwd"])
-    elif info["type"] == "bool":
+    if info["type"] == "bool":
       argv.append(rng.choice([f"--{name}", f"--no{name}", f"--{name}={_value(rng, 'bool')}"]))
       continue
     else:
       value = _value(rng, info["type"])
     argv.append(f"--{name}={value}")
   if smoke and config_keys:
-    for _ in range(rng.choice([0, 0, 1, 2])):
-      key, kind = rng.choice(sorted(config_keys.items()))
-      argv.append(f"--config.{key}={_value(rng, kind)}")
+    for _ in range(rng.choice([0, 1, 1, 2, 3])):
+      key = rng.choice(sorted(config_keys))
+      if key in ("data_dir", "manual_dir"):
+        value = rng.choice([str(tmp / "nowhere"), "", "/proc", str(tmp / f"d{i}"),
+                            "/etc/passwd"])
+      else:
+        value = _value(rng, config_keys[key]["type"])
+      argv.append(f"--config.{key}={value}")
   if rng.random() < 0.1:
     argv.append(rng.choice(["stray", "--no_such_flag", "--workdir", "-x"]))
   if rng.random() < 0.15 and "workdir" in flag_info:
@@ -587,9 +619,10 @@ def test_diverging_run_is_one_line_and_status_1(drivers, tmp_path):
   result = driver.run([{
       "id": "diverge", "entry": _entry_path("density_mle"), "real_training": True,
       "timeout": 300, "argv": [
-          "--config=experiments/configs/density_mle.py:smoke", f"--workdir={workdir}",
-          "--model=gmm", "--noprogress", "--nofigures", "--learning_rate=30",
-          "--num_steps=60"]}])["diverge"]
+          "--config=genmodels/density/config.py:smoke", f"--workdir={workdir}",
+          "--model=gmm", "--noprogress", "--nofigures",
+          "--config.models.gmm.optimizer.learning_rate=30",
+          "--config.models.gmm.train.num_steps=60"]}])["diverge"]
   assert result["code"] == 1, result
   error = _check_one_error_line(result, ["non-finite", "at step", "last good checkpoint"])
   assert re.search(r"non-finite (loss|gradient norm) at step \d+;", error), error
@@ -608,17 +641,15 @@ def test_diverging_run_is_one_line_and_status_1(drivers, tmp_path):
 def trained_density(tmp_path_factory):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from genmodels import density_mle, models  # pylint: disable=g-import-not-at-top
+  from genmodels import models  # pylint: disable=g-import-not-at-top
+  from genmodels.density import trained  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("density")
   model = models.get_density_model("gaussian_diag")
   points = jnp.array([[0.0, 0.0], [10.0, 10.0], [-20.0, 5.0], [30.0, -40.0]])
   params = model.init(jax.random.key(0), points, method="log_prob")["params"]
-  cfg = ml_collections.ConfigDict({"model": {}})
   os.makedirs(workdir / "models" / "gaussian_diag")
-  density_mle._save_model(str(workdir / "models" / "gaussian_diag"), "gaussian_diag",  # pylint: disable=protected-access
-                          cfg, params)
-  return density_mle.load_density(str(workdir), "gaussian_diag")
+  trained.save(str(workdir / "models" / "gaussian_diag"), "gaussian_diag", {}, params)
+  return trained.load_density(str(workdir), "gaussian_diag")
 
 
 @pytest.mark.parametrize("points", [
@@ -639,8 +670,8 @@ def test_log_prob_of_right_shapes(trained_density):
 
 
 def test_load_density_from_a_folder_without_a_run(tmp_path):
-  from genmodels import density_mle  # pylint: disable=g-import-not-at-top
+  import genmodels  # pylint: disable=g-import-not-at-top
   for name in (None, "gmm"):
     with pytest.raises(FileNotFoundError) as info:
-      density_mle.load_density(str(tmp_path), name)
+      genmodels.load_density(str(tmp_path), name)
     assert "\n" not in str(info.value)

@@ -14,7 +14,8 @@ import optax
 import pytest
 
 from genmodels.models import classifiers
-from genmodels.training import objectives, steps
+from genmodels.classify import task as classify_task
+from genmodels.training import steps
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -105,7 +106,7 @@ def test_cnn_im2col_same_train_steps_in_the_engine():
     model = classifiers.CNN(conv_impl=impl)
     v = jax.tree.map(jnp.copy, _init((1, 12, 12, 3)))
     state = steps.create_train_state(v, optax.sgd(0.01))
-    multi = jax.jit(steps.make_multi_step(objectives.classification_loss(model)))
+    multi = jax.jit(steps.make_multi_step(classify_task.classification_loss(model)))
     out[impl] = multi(state, data, idx, jax.random.key(3))
   (s1, m1), (s2, m2) = out["xla"], out["im2col"]
   np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=RTOL)

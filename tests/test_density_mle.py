@@ -1,4 +1,4 @@
-"""Maximum likelihood on the world map (genmodels.density_mle) and its training.
+"""Maximum likelihood on the world map (genmodels.density) and its training.
 
 * Gradient MLE of a Gaussian through the shared training loop lands on numpy's
   closed form, and the jitted multi-step traces once.
@@ -9,7 +9,6 @@
 """
 
 import atexit
-import importlib.util
 import json
 import math
 import os
@@ -22,18 +21,19 @@ import tempfile
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 from scipy import stats
 
 import genmodels
-from genmodels import density_mle
+from genmodels import density as density_experiment
 from genmodels.data import world_map
+from genmodels.density import config as density_config
 from genmodels.models import density
+from genmodels.training import experiment
 from genmodels.training import loop
-from genmodels.training import objectives
+from genmodels.training import optim
 from genmodels.training import steps as steps_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -53,9 +53,9 @@ def _launch_e2e():
     root = pathlib.Path(tempfile.mkdtemp(prefix="density_mle_e2e_"))
     workdir, log_path = root / "run", root / "log.txt"
     cmd = [sys.executable, "experiments/density_mle.py",
-           "--config=experiments/configs/density_mle.py:smoke",
+           "--config=genmodels/density/config.py:smoke",
            f"--model={','.join(E2E_MODELS)}", f"--workdir={workdir}",
-           "--progress=false", "--config.models.spline_flow.num_steps=20"]
+           "--progress=false", "--config.models.spline_flow.train.num_steps=20"]
     with open(log_path, "w") as log:
       proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     _E2E.update(proc=proc, workdir=workdir, log_path=log_path, root=root)
@@ -107,11 +107,7 @@ def world():
 
 
 def _smoke_config():
-  path = REPO / "experiments" / "configs" / "density_mle.py"
-  spec = importlib.util.spec_from_file_location("density_mle_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke")
+  return density_config.get_config("smoke")
 
 
 # --- gradient MLE == closed form, and one trace of the multi-step ---------------------
@@ -142,11 +138,11 @@ def test_gradient_mle_equals_closed_form(diagonal, gaussian_data, tmp_path, monk
     return wrapped
 
   monkeypatch.setattr(loop.steps_lib, "make_multi_step", counting_make_multi_step)
-  cfg = ml_collections.ConfigDict(dict(num_steps=num_steps, learning_rate=0.05,
-                                       warmup_steps=10, grad_clip=1.0))
+  cfg = optim.optimizer_config(name="adamw", learning_rate=0.05,
+                               schedule="warmup_cosine", warmup_steps=10, grad_clip=1.0)
   result = loop.train(
       init_fn=jax.jit(lambda k: model.init(k, jnp.zeros((4, 2)), method="log_prob")),
-      loss_fn=objectives.density_loss(model), tx=density_mle.make_optimizer(cfg),
+      loss_fn=density_experiment.density_loss(model), tx=optim.make(cfg, num_steps),
       train_data={"x": x},
       config=loop.LoopConfig(num_steps=num_steps, batch_size=len(x), log_every=50,
                              checkpoint_every=0, steps_per_dispatch=50,
@@ -178,7 +174,7 @@ def test_multi_step_traces_once(gaussian_data):
   variables = jax.jit(lambda k: model.init(k, x, method="log_prob"))(jax.random.key(0))
   state = steps_lib.create_train_state(variables, optax.adam(1e-2))
   multi_step = jax.jit(chex.assert_max_traces(
-      steps_lib.make_multi_step(objectives.density_loss(model)), n=1))
+      steps_lib.make_multi_step(density_experiment.density_loss(model)), n=1))
   seed_key = jax.random.key(1)
   rng = np.random.default_rng(0)
   losses = []
@@ -196,9 +192,11 @@ def test_multi_step_traces_once(gaussian_data):
 
 def test_box_kl_is_log_area_ratio(world, tmp_path):
   cfg = _smoke_config().models.box
-  row, trained, result = density_mle.fit_density(
-      "box", cfg, world, str(tmp_path), seed=0, progress=False)
-  del result
+  options = experiment.Options(progress=False, figures=False)
+  task = density_experiment.make_task("box", cfg, world, 0, options)
+  result = experiment.train(task, experiment.model_dir(str(tmp_path), task), 0, options)
+  row = task.report(result, str(tmp_path))
+  trained = genmodels.load_density(str(tmp_path), "box")
   lo = world.train.min(0).astype(np.float64)
   hi = world.train.max(0).astype(np.float64)
   expected_kl = np.log(np.prod(hi - lo)) - np.log(world_map.land_area())
@@ -263,7 +261,7 @@ def test_e2e_results_report_and_figures(e2e):
   assert results["models"]["box"]["num_params"] == 4  # lo and hi
   report = (workdir / "report.md").read_text()
   for name in E2E_MODELS:
-    assert f"| {name} |" in report
+    assert f"(`{name}`) |" in report  # display name, then the internal one
     assert f"figures/{name}_density.png" in report
 
 
@@ -279,7 +277,7 @@ def test_load_density_best_reproduces_test_nll(e2e, world):
 
 def test_load_density_by_name_and_bad_input(e2e, world):
   workdir, results = e2e
-  box = density_mle.load_density(str(workdir), "box")
+  box = genmodels.load_density(str(workdir), "box")
   assert box.name == "box"
   lp = box.log_prob(world.test)
   row = results["models"]["box"]
@@ -297,7 +295,7 @@ def test_load_density_by_name_and_bad_input(e2e, world):
   with pytest.raises(ValueError):
     box.sample(jax.random.key(0), 0)
   with pytest.raises(FileNotFoundError):
-    density_mle.load_density(str(workdir), "gmm")
+    genmodels.load_density(str(workdir), "gmm")
   with pytest.raises(FileNotFoundError):
-    density_mle.load_density(str(workdir.parent / "missing"))
+    genmodels.load_density(str(workdir.parent / "missing"))
   assert os.path.exists(workdir / "models" / "box" / "model.json")

@@ -14,7 +14,7 @@ import pytest
 from scipy import special
 from scipy import stats
 
-from genmodels import density_mle
+from genmodels.training import experiment
 from genmodels import models
 from genmodels import probability
 from genmodels.models import density
@@ -282,7 +282,7 @@ def test_num_params_counts_degrees_of_freedom(gaussian, gmm):
   (_, ev, variables), (gmm_ev, _, gmm_vars) = gaussian, gmm
   for e, v in ((ev, variables), (gmm_ev, gmm_vars)):
     x = jnp.asarray(e.sample(v)[:1000], jnp.float32)  # Where every component matters.
-    assert density_mle.num_params(e.model, v["params"]) == _identifiable_params(e.model, v, x)
+    assert experiment.num_params(v["params"], e.model) == _identifiable_params(e.model, v, x)
 
 
 def test_registry_builds_every_model_and_rejects_unknown():

@@ -32,7 +32,8 @@ def _train(workdir: str) -> dict:
   import jax.numpy as jnp
   import optax
   from genmodels import models
-  from genmodels.training import loop, objectives
+  from genmodels import density
+  from genmodels.training import loop
 
   rng = np.random.default_rng(0)
   x = np.stack([rng.uniform(-170, 170, 2048), rng.uniform(-50, 70, 2048)],
@@ -43,9 +44,9 @@ def _train(workdir: str) -> dict:
                            steps_per_dispatch=4, progress=False)
   result = loop.train(
       init_fn=jax.jit(lambda k: model.init(k, jnp.asarray(x), method="log_prob")),
-      loss_fn=objectives.density_loss(model), tx=optax.adam(1e-3),
+      loss_fn=density.density_loss(model), tx=optax.adam(1e-3),
       train_data={"x": x}, config=config, workdir=workdir,
-      eval_fn=objectives.density_eval(model), eval_data={"val": {"x": x[:500]}})
+      eval_fn=density.density_eval(model), eval_data={"val": {"x": x[:500]}})
   return {"params": {jax.tree_util.keystr(p): np.asarray(v).tolist() for p, v in
                      jax.tree_util.tree_leaves_with_path(result.state.params)},
           "history": result.history, "process_count": jax.process_count(),

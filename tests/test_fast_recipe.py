@@ -11,9 +11,10 @@ import optax
 import pytest
 from jax import lax
 
-from genmodels import classification
+from genmodels import classify
+from genmodels.classify import task as classify_task
+from genmodels.training import experiment
 from genmodels.models import classifiers
-from genmodels.training import objectives
 from genmodels.training import steps
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -43,8 +44,8 @@ def test_max_pool_matches_reduce_window():
 def test_random_flip_mirrors_about_half_deterministically():
   images = jnp.asarray(np.random.default_rng(2).normal(size=(1000, 5, 6, 1)), jnp.float32)
   key = jax.random.key(3)
-  out = np.asarray(objectives.random_flip(images, key))
-  np.testing.assert_array_equal(out, objectives.random_flip(images, key))
+  out = np.asarray(classify_task.random_flip(images, key))
+  np.testing.assert_array_equal(out, classify_task.random_flip(images, key))
   same = np.all(out == np.asarray(images), axis=(1, 2, 3))
   mirrored = np.all(out == np.asarray(images)[:, :, ::-1], axis=(1, 2, 3))
   assert np.all(same ^ mirrored)  # each image is one or the other, never both
@@ -62,7 +63,7 @@ def fast_model_and_vars():
 def test_mirror_tta_is_mirror_invariant_and_a_distribution(fast_model_and_vars):
   model, variables = fast_model_and_vars
   x = np.random.default_rng(4).uniform(size=(6, 8, 8, 1)).astype(np.float32)
-  log_p = jax.jit(lambda v, x: objectives.classification_log_probs(model, v, x, True))
+  log_p = jax.jit(lambda v, x: classify_task.classification_log_probs(model, v, x, True))
   np.testing.assert_allclose(log_p(variables, x), log_p(variables, x[:, :, ::-1]),
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.exp(log_p(variables, x)).sum(-1), 1.0, rtol=1e-5)
@@ -72,7 +73,7 @@ def test_mirror_tta_is_mirror_invariant_and_a_distribution(fast_model_and_vars):
   np.testing.assert_allclose(np.exp(log_p(variables, x)), (plain + mirror) / 2,
                              rtol=1e-5, atol=1e-6)
   labels = np.arange(6) % 10
-  metrics = objectives.classification_eval(model, tta_flip=True)(
+  metrics = classify_task.classification_eval(model, tta_flip=True)(
       variables, {"image": x, "label": labels})
   np.testing.assert_allclose(
       metrics["loss"], -np.log(((plain + mirror) / 2)[np.arange(6), labels]), rtol=1e-5)
@@ -85,7 +86,7 @@ def test_fast_cnn_loss_falls_in_the_engine(fast_model_and_vars):
           "label": rng.integers(0, 10, 16).astype(np.int32)}
   state = steps.create_train_state(variables, optax.adam(3e-3))
   multi = jax.jit(steps.make_multi_step(
-      objectives.classification_loss(model, label_smoothing=0.1, flip=True)))
+      classify_task.classification_loss(model, label_smoothing=0.1, flip=True)))
   state, metrics = multi(state, data, jnp.tile(jnp.arange(16), (40, 1)), jax.random.key(6))
   losses = np.asarray(metrics["loss"])
   assert np.all(np.asarray(metrics["finite"]))
@@ -96,15 +97,12 @@ def test_fast_cnn_loss_falls_in_the_engine(fast_model_and_vars):
                     reason="needs the Debian package dataset-fashion-mnist")
 def test_fast_recipe_end_to_end(tmp_path):
   """The `fast` config on 512 real images: results, figures, and learning."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "classify_configs", os.path.join(ROOT, "experiments", "configs", "classify.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("fast")
-  config.update(dict(num_train=512, num_test=256, epochs=3, batch_size=32,
-                     steps_per_dispatch=4))
-  results = classification.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+  from genmodels.classify import config as classify_config  # pylint: disable=g-import-not-at-top
+  config = classify_config.get_config("fast")
+  config.update(dict(num_train=512, num_test=256))
+  config.train.update(epochs=3, batch_size=32, steps_per_dispatch=4)
+  results = experiment.run(classify, config, str(tmp_path / "run"),
+                           experiment.Options(progress=False))
   saved = json.loads((tmp_path / "run" / "results.json").read_text())
   assert saved.pop("run") == json.loads(json.dumps(results.pop("run")))
   assert saved == pytest.approx(results)
@@ -122,7 +120,7 @@ def test_model_flag_drops_options_the_model_lacks(tmp_path):
   import sys  # pylint: disable=g-import-not-at-top
   run = subprocess.run(
       [sys.executable, os.path.join(ROOT, "experiments", "classify.py"),
-       "--config=experiments/configs/classify.py:smoke", "--model=mlp",
+       "--config=genmodels/classify/config.py:smoke", "--model=mlp",
        f"--workdir={tmp_path}", "--noprogress"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert run.returncode == 0, run.stderr[-2000:]

@@ -1,6 +1,5 @@
 """The autoencoder, the probe maths, and the latent_space experiment end to end."""
 
-import importlib.util
 import json
 import os
 
@@ -9,47 +8,47 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genmodels import representation as rep
+from genmodels import latent
 from genmodels.data import cylinders
+from genmodels.latent import config as latent_space_config
+from genmodels.latent import probes
+from genmodels.latent import task as latent_task
 from genmodels.models import autoencoder as ae_lib
+from genmodels.training import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location(
-    "latent_space_config", os.path.join(ROOT, "experiments", "configs", "latent_space.py"))
-latent_space_config = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(latent_space_config)
 
 
 def test_probe_recovers_an_affine_map_exactly():
   rng = np.random.default_rng(0)
   z = rng.normal(size=(200, 2))
   w, b = np.array([[2.0, -1.0], [0.5, 3.0]]), np.array([0.1, -0.2])
-  probe = rep.fit_linear_probe(z, z @ w + b)
+  probe = probes.fit_linear_probe(z, z @ w + b)
   np.testing.assert_allclose(probe.weight, w, atol=1e-10)
   np.testing.assert_allclose(probe.bias, b, atol=1e-10)
-  np.testing.assert_allclose(rep.r2_score(z @ w + b, probe(z)), [1.0, 1.0])
+  np.testing.assert_allclose(probes.r2_score(z @ w + b, probe(z)), [1.0, 1.0])
   np.testing.assert_allclose(probe.inverse(probe(z[:5])), z[:5], atol=1e-10)
-  one = rep.fit_linear_probe(z, z[:, 0])  # A single target.
+  one = probes.fit_linear_probe(z, z[:, 0])  # A single target.
   assert one.weight.shape == (2, 1) and one.bias.shape == (1,)
 
 
 def test_r2_of_known_cases():
   y = np.arange(10.0)
-  assert rep.r2_score(y, np.full(10, y.mean())) == pytest.approx(0.0)
-  assert rep.r2_score(y, y + 1.0) == pytest.approx(1 - 10 / 82.5)
+  assert probes.r2_score(y, np.full(10, y.mean())) == pytest.approx(0.0)
+  assert probes.r2_score(y, y + 1.0) == pytest.approx(1 - 10 / 82.5)
   # A linear probe cannot read a curved function: R^2 of y = x^2 on [-1, 1] is 0.
   x = np.linspace(-1, 1, 101)[:, None]
-  assert rep.r2_score(x[:, 0] ** 2, rep.fit_linear_probe(x, x[:, 0] ** 2)(x)) < 1e-6
+  assert probes.r2_score(x[:, 0] ** 2, probes.fit_linear_probe(x, x[:, 0] ** 2)(x)) < 1e-6
 
 
 def test_volume_from_latent():
-  probe = rep.LinearProbe(weight=np.eye(2), bias=np.zeros(2))
-  np.testing.assert_allclose(rep.volume_from_latent(probe, [[0.2, 0.5]]),
+  probe = probes.LinearProbe(weight=np.eye(2), bias=np.zeros(2))
+  np.testing.assert_allclose(probes.volume_from_latent(probe, [[0.2, 0.5]]),
                              [np.pi * 0.04 * 0.5])
 
 
 def test_sliced_wasserstein_is_small_for_the_prior_only():
-  sw = jax.jit(rep.sliced_wasserstein_uniform)
+  sw = jax.jit(latent_task.sliced_wasserstein_uniform)
   rng = np.random.default_rng(0)
   uniform = rng.uniform(-1, 1, size=(4096, 2)).astype(np.float32)
   key = jax.random.key(0)
@@ -72,7 +71,7 @@ def test_prior_matched_start_is_the_standardised_pca_plane():
   data = cylinders.sample(600, seed=0)
   variables = {"params": {"encoder": {"linear": {"kernel": np.zeros((1024, 2)),
                                                  "bias": np.zeros(2)}}}}
-  variables, angle = rep.prior_matched_pca_init(variables, data.image)
+  variables, angle = latent_task.prior_matched_pca_init(variables, data.image)
   assert 0.0 <= angle < 90.0
   lin = variables["params"]["encoder"]["linear"]
   z = data.image.reshape(600, -1) @ np.asarray(lin["kernel"]) + np.asarray(lin["bias"])
@@ -91,7 +90,7 @@ def test_prior_matched_start_is_the_standardised_pca_plane():
 def smoke_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("latent_space"))
   config = latent_space_config.get_config("smoke")
-  results = rep.run(config, workdir, progress=False, figures=True)
+  results = experiment.run(latent, config, workdir, experiment.Options(progress=False))
   return workdir, results
 
 

@@ -1,6 +1,5 @@
 """The nonlinearity experiment end to end: the MLP wins, the linear model cannot."""
 
-import importlib.util
 import json
 import os
 
@@ -9,19 +8,16 @@ import pytest
 
 from genmodels import nonlinearity
 from genmodels.data import tabular
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location(
-    "nonlinearity_config", os.path.join(ROOT, "experiments", "configs", "nonlinearity.py"))
-nonlinearity_config = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(nonlinearity_config)
+from genmodels.nonlinearity import config as nonlinearity_config
+from genmodels.training import experiment
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("nonlinearity"))
   config = nonlinearity_config.get_config("smoke")
-  return workdir, nonlinearity.run(config, workdir, progress=False, figures=True)
+  return workdir, experiment.run(nonlinearity, config, workdir,
+                                 experiment.Options(progress=False))
 
 
 def test_mlp_beats_linear_by_a_clear_margin(smoke_run):
@@ -55,6 +51,6 @@ def test_marginals_reported_near_half(smoke_run):
 
 
 def test_format_table_states_the_margin(smoke_run):
-  table = nonlinearity.format_table(smoke_run[1])
+  table = nonlinearity.table(smoke_run[1])
   assert "MLP - linear: accuracy +0.3" in table and "true probabilities" in table
   assert tabular.JOB_TITLES[0] == "ml_engineer"

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 import pytest
 
-from genmodels import density_mle
+from genmodels.density import trained as density_trained
 from genmodels.training import checkpoint as checkpoint_lib
 from genmodels.training import loop
 from genmodels.training import metrics as metrics_lib
@@ -319,12 +319,12 @@ _DENSITY = {}
 
 
 def _density_args(num_steps=NUM_STEPS):
-  return [f"--model={MODEL}", "--config=experiments/configs/density_mle.py:smoke",
+  return [f"--model={MODEL}", "--config=genmodels/density/config.py:smoke",
           "--progress=false", "--figures=false",
-          f"--config.models.{MODEL}.num_steps={num_steps}",
-          f"--config.models.{MODEL}.checkpoint_every={EVERY}",
-          f"--config.models.{MODEL}.log_every={EVERY}",
-          f"--config.models.{MODEL}.steps_per_dispatch=1"]
+          f"--config.models.{MODEL}.train.num_steps={num_steps}",
+          f"--config.models.{MODEL}.train.checkpoint_every={EVERY}",
+          f"--config.models.{MODEL}.train.log_every={EVERY}",
+          f"--config.models.{MODEL}.train.steps_per_dispatch=1"]
 
 
 def _density_scenario(sig=signal.SIGKILL):
@@ -351,8 +351,8 @@ def test_density_mle_stopped_mid_run_then_resume_equals_uninterrupted(sig):
     assert [r["step"] for r in metrics if r["split"] == "train"] == list(
         range(EVERY, NUM_STEPS + 1, EVERY))
     assert _without_timing(got["models"][MODEL]) == _without_timing(want["models"][MODEL])
-    _assert_same_params(density_mle.load_density(str(scenario.run_dir), MODEL).params,
-                        density_mle.load_density(str(scenario.ref_dir), MODEL).params)
+    _assert_same_params(density_trained.load_density(str(scenario.run_dir), MODEL).params,
+                        density_trained.load_density(str(scenario.ref_dir), MODEL).params)
   finally:
     scenario.stop()
 
@@ -361,7 +361,7 @@ def test_density_mle_stopped_mid_run_then_resume_equals_uninterrupted(sig):
 def test_classify_sigkill_mid_run_then_resume_equals_uninterrupted():
   """The CNN (BatchNorm state, dropout keys): 6 epochs of 8 steps, killed after 2."""
   scenario = KillScenario(
-      "classify.py", ["--config=experiments/configs/classify.py:smoke", "--epochs=6",
+      "classify.py", ["--config=genmodels/classify/config.py:smoke", "--config.train.epochs=6",
                       "--progress=false"],
       "checkpoints", kill_after=16, final_step=48)
   try:

@@ -38,7 +38,8 @@ def _problem(kind: str):
   import optax
   from genmodels import models
   from genmodels.models import classifiers
-  from genmodels.training import objectives
+  from genmodels import density
+  from genmodels.classify import task as classify_task
 
   rng = np.random.default_rng(0)
   if kind == "density":
@@ -46,7 +47,7 @@ def _problem(kind: str):
                  -1).astype(np.float32)
     model = models.get_density_model("gmm", num_components=8)
     init_fn = jax.jit(lambda k: model.init(k, jnp.asarray(x), method="log_prob"))
-    loss_fn, eval_fn = objectives.density_loss(model), objectives.density_eval(model)
+    loss_fn, eval_fn = density.density_loss(model), density.density_eval(model)
     train_data, eval_data = {"x": x}, {"val": {"x": x[:500]}}
     tx = optax.adam(1e-3)
   else:
@@ -55,7 +56,7 @@ def _problem(kind: str):
     model = classifiers.get_classifier("cnn", num_classes=10, conv_impl=CONV_IMPL)
     init_fn = jax.jit(lambda k: model.init({"params": k, "dropout": k},
                                            jnp.zeros((1, 8, 8, 1)), train=False))
-    loss_fn = objectives.classification_loss(model)
+    loss_fn = classify_task.classification_loss(model)
     eval_fn = None
     train_data = {"image": images, "label": labels}
     eval_data = None  # the density run covers sharded evaluation; saves compiles

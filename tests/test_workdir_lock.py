@@ -24,8 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _command(workdir):
   return [sys.executable, os.path.join(REPO, "experiments", "density_mle.py"),
           f"--workdir={workdir}", "--model=gmm", "--progress=false", "--figures=false",
-          "--config=experiments/configs/density_mle.py:smoke",
-          "--config.models.gmm.num_steps=1000000"]  # runs until killed
+          "--config=genmodels/density/config.py:smoke",
+          "--config.models.gmm.train.num_steps=1000000"]  # runs until killed
 
 
 def _snapshot(folder):

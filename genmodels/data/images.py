@@ -58,6 +58,13 @@ class ImageData:
   class_names: tuple[str, ...]
 
 
+def take(data: ImageData, n: int) -> ImageData:
+  """The first ``n`` examples (all of them for n = 0)."""
+  if not n:
+    return data
+  return ImageData(data.images[:n], data.labels[:n], data.num_classes, data.class_names)
+
+
 # ---------------------------------------------------------------- IDX files
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4",

@@ -175,6 +175,50 @@ def _first_bad(metrics: dict) -> tuple[int, str] | None:
   return j, quantity
 
 
+@dataclasses.dataclass
+class Setup:
+  """Everything a run's steps need, built once: what ``train`` runs and a benchmark times.
+
+  ``multi_step(state, data, indices [k, B], seed_key) -> (state, metrics)`` is
+  the jitted step (donating the state) that training dispatches; ``data`` is
+  the device-resident training set, ``state`` the freshly initialised state.
+  """
+  config: LoopConfig
+  state: steps_lib.TrainState
+  data: dict
+  multi_step: Callable
+  seed_key: jax.Array
+  sampler: "EpochSampler"
+  mesh: Any
+  index_sharding: Any
+
+  def indices(self, step: int, count: int):
+    """The device indices of steps step .. step + count - 1 (this process's slice)."""
+    return sharding.put_process_slice(self.sampler.indices(step, count),
+                                      self.index_sharding, axis=1)
+
+
+def setup(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
+          tx: optax.GradientTransformation, train_data: dict[str, np.ndarray],
+          config: LoopConfig) -> Setup:
+  """Validates the settings and builds the state, the data on device and the step."""
+  num_examples = len(next(iter(train_data.values())))
+  config.validate(num_examples)
+  mesh = sharding.make_mesh(config.num_devices)
+  if config.batch_size % mesh.size:
+    raise ValueError(f"batch_size={config.batch_size} must be a multiple of the "
+                     f"{mesh.size} devices")
+  repl = sharding.replicated(mesh)
+  init_key, seed_key = jax.random.split(jax.random.key(config.seed))
+  state = sharding.put(steps_lib.create_train_state(init_fn(init_key), tx), repl)
+  return Setup(
+      config=config, state=state, data=sharding.put(train_data, repl),
+      multi_step=jax.jit(steps_lib.make_multi_step(loss_fn), donate_argnums=(0,)),
+      seed_key=seed_key,
+      sampler=EpochSampler(num_examples, config.batch_size, config.seed),
+      mesh=mesh, index_sharding=sharding.batch_sharded(mesh, leading_axes=1))
+
+
 def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
           tx: optax.GradientTransformation, train_data: dict[str, np.ndarray],
           config: LoopConfig, workdir: str,
@@ -201,18 +245,9 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
       metrics}, seconds spent training so far, evaluations excluded); used by
       the benchmark to time convergence.
   """
-  num_examples = len(next(iter(train_data.values())))
-  config.validate(num_examples)
-  mesh = sharding.make_mesh(config.num_devices)
-  if config.batch_size % mesh.size:
-    raise ValueError(f"batch_size={config.batch_size} must be a multiple of the "
-                     f"{mesh.size} devices")
-  repl = sharding.replicated(mesh)
-  seed_key = jax.random.key(config.seed)
-  init_key, seed_key = jax.random.split(seed_key)
-
-  state = steps_lib.create_train_state(init_fn(init_key), tx)
-  state = sharding.put(state, repl)
+  run = setup(init_fn=init_fn, loss_fn=loss_fn, tx=tx, train_data=train_data,
+              config=config)
+  state, mesh = run.state, run.mesh
   ckpt = checkpoint_lib.Checkpointer(f"{workdir}/checkpoints", config.checkpoint_every)
   restored = ckpt.restore_latest(state)
   start = 0
@@ -224,11 +259,7 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
   writer = (metrics_lib.MetricWriter(workdir, resume_step=start)
             if jax.process_index() == 0 else _MemoryWriter())
 
-  data = sharding.put(train_data, repl)
-  multi_step = jax.jit(steps_lib.make_multi_step(loss_fn), donate_argnums=(0,))
   eval_step = jax.jit(steps_lib.make_eval_step(eval_fn)) if eval_fn else None
-  sampler = EpochSampler(num_examples, config.batch_size, config.seed)
-  index_sharding = sharding.batch_sharded(mesh, leading_axes=1)
 
   eval_seconds = 0.0
   window: list[dict] = _load_window(workdir, start)
@@ -250,7 +281,8 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
 
   boundaries = [config.log_every, config.checkpoint_every, config.eval_every]
   bar = tqdm.tqdm(total=config.num_steps, initial=start,
-                  disable=not config.progress or jax.process_index() > 0,
+                  disable=(not config.progress or jax.process_index() > 0
+                           or config.num_steps == start),  # nothing to train
                   desc="train", unit="step", dynamic_ncols=True, leave=False)
   t0 = time.perf_counter()
   train_seconds = 0.0
@@ -261,9 +293,8 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
       count = min(config.steps_per_dispatch, nxt - step)
       # Every process computes the same global [count, B] indices; each sends
       # only the columns its devices hold (jax.device_put with one process).
-      idx = sharding.put_process_slice(sampler.indices(step, count),
-                                       index_sharding, axis=1)
-      state, metrics = multi_step(state, data, idx, seed_key)
+      state, metrics = run.multi_step(state, run.data, run.indices(step, count),
+                                      run.seed_key)
       metrics = jax.device_get(metrics)
       bad = _first_bad(metrics)
       if bad is not None:

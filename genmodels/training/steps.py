@@ -32,12 +32,11 @@ class TrainState(train_state.TrainState):
     return {"params": self.params, **self.model_state}
 
 
-def create_train_state(variables: dict, tx: optax.GradientTransformation,
-                       apply_fn=None) -> TrainState:
+def create_train_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+  """The state of ``variables`` ({"params": ..., other collections}) under ``tx``."""
   variables = dict(variables)
   params = variables.pop("params")
-  return TrainState.create(apply_fn=apply_fn, params=params, tx=tx,
-                           model_state=variables)
+  return TrainState.create(apply_fn=None, params=params, tx=tx, model_state=variables)
 
 
 def step_rng(seed_key: jax.Array, step) -> jax.Array:

@@ -1,116 +1,31 @@
-"""Why activations: a linear model and an MLP on chapter 2's subscription data.
+"""The non-linearity experiment's report: rows, the Bayes limit, decision surfaces.
 
-``fit_classifier`` trains one model from ``models.tabular`` with the shared loop
-(sigmoid cross-entropy) and scores it on the test set; ``run`` trains every
-model of a config the same way, compares them with the true probabilities
-(the Bayes classifier) and writes ``results.json``; ``decision_surfaces`` and
-``probability_curves`` draw what each model learned.
+``row`` scores one model (test accuracy and NLL, the range of its
+P(subscribe)); ``summarize`` adds the true probabilities (the Bayes classifier),
+the constant predictor and the MLP's margin; the figures show what each model
+learned.
 """
 
-import json
 import os
-from typing import Any, Callable
+from typing import Callable
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import ml_collections
 import numpy as np
-import optax
 
 from genmodels.data import tabular as tabular_data
-from genmodels.models import tabular as tabular_models
-from genmodels.training import loop
+from genmodels.training import experiment
 from genmodels.training import metrics as metrics_lib
 
 
-def bernoulli_loss(model: nn.Module):
-  """Mean sigmoid cross-entropy (the NLL of a Bernoulli, nats) and accuracy."""
-
-  def loss_fn(variables, batch, rng, train):
-    del rng
-    logits = model.apply(variables, batch["x"], train=train)
-    labels = batch["label"].astype(logits.dtype)
-    nll = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
-    accuracy = jnp.mean((logits > 0) == (batch["label"] == 1))
-    return nll, ({"nll": nll, "accuracy": accuracy}, {})
-
-  return loss_fn
-
-
-def bernoulli_eval(model: nn.Module):
-  """Per-row NLL (nats) and correctness at the 1/2 threshold."""
-
-  def eval_fn(variables, batch):
-    logits = model.apply(variables, batch["x"], train=False)
-    labels = batch["label"].astype(logits.dtype)
-    return {"nll": optax.sigmoid_binary_cross_entropy(logits, labels),
-            "accuracy": ((logits > 0) == (batch["label"] == 1)).astype(jnp.float32)}
-
-  return eval_fn
-
-
-def make_optimizer(cfg) -> optax.GradientTransformation:
-  """Adam with linear warm-up and cosine decay."""
-  steps = max(int(cfg.num_steps), 1)
-  warmup = min(int(cfg.warmup_steps), steps // 2)
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, cfg.learning_rate, warmup, steps, end_value=cfg.learning_rate * 0.01)
-  return optax.adam(schedule)
-
-
-def loop_config(cfg, seed: int, progress: bool) -> loop.LoopConfig:
-  return loop.LoopConfig(
-      num_steps=int(cfg.num_steps), batch_size=int(cfg.batch_size), seed=seed,
-      log_every=int(cfg.log_every), eval_every=int(cfg.get("eval_every", 0)),
-      eval_batch_size=int(cfg.get("eval_batch_size", 4096)),
-      checkpoint_every=int(cfg.checkpoint_every),
-      steps_per_dispatch=int(cfg.steps_per_dispatch), progress=progress)
-
-
-def num_params(params) -> int:
-  return int(sum(np.size(p) for p in jax.tree.leaves(params)))
-
-
-def fit_classifier(name: str, cfg: ml_collections.ConfigDict,
-                   train: tabular_data.Subscriptions,
-                   test: tabular_data.Subscriptions, workdir: str, seed: int = 0,
-                   progress: bool = True):
-  """Trains model ``name`` (a key of ``models.tabular.TABULAR_MODELS``).
-
-  ``cfg`` holds ``model`` (the module's attributes) and the training knobs.
-  Returns (row of results.json, predict function x -> P(y=1), TrainResult).
-  """
-  model = tabular_models.get_tabular_model(name, **cfg.model.to_dict())
-  model_dir = os.path.join(workdir, "models", name)
-  result = loop.train(
-      init_fn=lambda k: jax.jit(model.init)(k, jnp.zeros((1, tabular_data.NUM_FEATURES))),
-      loss_fn=bernoulli_loss(model), tx=make_optimizer(cfg),
-      train_data=train.as_dict(), config=loop_config(cfg, seed, progress),
-      workdir=model_dir, eval_fn=bernoulli_eval(model),
-      eval_data={"train_eval": train.as_dict(), "test": test.as_dict()})
-  variables = result.state.variables
-  logits_fn = jax.jit(lambda v, x: model.apply(v, x))
-
-  def predict(x, chunk: int = 1024) -> np.ndarray:
-    """P(y = 1) for features [N, F], in padded chunks of one size (one compile)."""
-    x = np.asarray(x, np.float32)
-    out = []
-    for i in range(0, len(x), chunk):
-      part = x[i:i + chunk]
-      padded = np.concatenate([part, np.zeros((chunk - len(part), x.shape[1]),
-                                              np.float32)])
-      out.append(np.asarray(jax.nn.sigmoid(logits_fn(variables, padded)))[:len(part)])
-    return np.concatenate(out)
-
+def row(result, predict, cfg) -> dict:
+  """A model's results row: test and train metrics, the range of its P(subscribe)."""
   test_m, train_m = result.last("test"), result.last("train_eval")
   _, jj, vv = _grid(tabular_data.MAX_VISITS + 1)
   p_grid = predict(tabular_data.features(jj.ravel(), vv.ravel()))
-  row = {
+  return {
       "test_accuracy": float(test_m["accuracy"]),
       "test_nll": float(test_m["nll"]),
       "train_accuracy": float(train_m["accuracy"]),
@@ -119,59 +34,42 @@ def fit_classifier(name: str, cfg: ml_collections.ConfigDict,
       # stays near 1/2, which side of 1/2 it falls on is noise.
       "p_min": float(p_grid.min()),
       "p_max": float(p_grid.max()),
-      "num_params": num_params(variables["params"]),
+      "num_params": experiment.num_params(result.state.params),
       "train_seconds": float(result.train_seconds),
-      "num_steps": int(cfg.num_steps),
+      "num_steps": int(cfg.train.num_steps),
+      "_predict": predict,  # for the figures; not in results.json
   }
-  return row, predict, result
 
 
-def summarize(rows: dict[str, dict], test: tabular_data.Subscriptions,
-              train: tabular_data.Subscriptions) -> dict[str, Any]:
+def summarize(config, data, rows, workdir, options, run) -> dict:
   """results.json: each model's row, the Bayes limit, marginals and the margin."""
-  out = {"models": rows, "bayes": tabular_data.bayes_metrics(test),
+  del config, run
+  train, test = data
+  public = {name: {k: v for k, v in r.items() if not k.startswith("_")}
+            for name, r in rows.items()}
+  out = {"models": public, "bayes": tabular_data.bayes_metrics(test),
          "constant_predictor": {"accuracy": float(max(test.label.mean(),
                                                       1 - test.label.mean())),
                                 "nll": float(np.log(2.0))},
          "marginal_subscription_rates_train": tabular_data.marginal_rates(train)}
-  if "linear" in rows and "mlp" in rows:
-    lin, mlp = rows["linear"], rows["mlp"]
+  if "linear" in public and "mlp" in public:
+    lin, mlp = public["linear"], public["mlp"]
     out["margin"] = {
         "test_accuracy": mlp["test_accuracy"] - lin["test_accuracy"],
         "test_nll": lin["test_nll"] - mlp["test_nll"],
     }
-  return metrics_lib.to_python(out)
-
-
-def write_results(workdir: str, results: dict) -> str:
-  path = os.path.join(workdir, "results.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(path + ".tmp", path)
-  return path
-
-
-def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True,
-        figures: bool = True) -> dict[str, Any]:
-  """Trains every model in ``config.models``; writes results.json and figures."""
-  train, test = tabular_data.load(config.num_train, config.num_test, config.seed)
-  rows, predictors, histories = {}, {}, {}
-  for name, cfg in config.models.items():
-    rows[name], predictors[name], result = fit_classifier(
-        name, cfg, train, test, workdir, seed=config.seed, progress=progress)
-    histories[name] = result.history
-  results = summarize(rows, test, train)
-  if figures:
+  if options.figures:
+    predictors = {name: r["_predict"] for name, r in rows.items()}
+    histories = {name: r["_history"] for name, r in rows.items()}
     fig_dir = os.path.join(workdir, "figures")
     paths = [decision_surfaces(predictors, f"{fig_dir}/decision_surfaces.png"),
              probability_curves(predictors, f"{fig_dir}/probability_curves.png"),
              training_curves(histories, f"{fig_dir}/training.png")]
-    results["figures"] = [os.path.relpath(p, workdir) for p in paths]
-  write_results(workdir, results)
-  return results
+    out["figures"] = [os.path.relpath(p, workdir) for p in paths]
+  return metrics_lib.to_python(out)
 
 
-def format_table(results: dict) -> str:
+def table(results: dict) -> str:
   lines = ["| model | params | test accuracy | test NLL (nats) | train s |",
            "|---|---:|---:|---:|---:|"]
   for name, r in results["models"].items():

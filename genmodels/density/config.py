@@ -1,0 +1,88 @@
+r"""Density MLE on the world map: the ladder from the uniform box to spline flows.
+
+  python experiments/density_mle.py --workdir=/tmp/density                # the ladder
+  python experiments/density_mle.py --workdir=/tmp/flow --model=spline_flow
+  python experiments/density_mle.py --workdir=/tmp/few \
+      --config=genmodels/density/config.py:few
+
+Each model of ``models`` is a unit: its ``model`` fields (the module's
+attributes), its ``train`` block (see ``training.experiment.TRAIN_DEFAULTS``)
+and its ``optimizer`` block (see ``training.optim``). ``model`` picks which to
+run: "ladder" (all, in order) or comma-separated names. Closed-form models
+(box, Gaussians) train for 0 steps: their initialisation is the MLE.
+
+Expected: spline_flow reaches a held-out KL of 0.0998 nats (measured 2026-11-28).
+"""
+
+import ml_collections
+
+from genmodels.training import experiment
+
+LADDER = ("box", "gaussian_diag", "gaussian_full", "gmm", "realnvp", "spline_flow")
+
+
+def _unit(num_steps=0, learning_rate=3e-3, weight_decay=0.0, **model):
+  return experiment.unit(
+      model,
+      train=dict(num_steps=num_steps, batch_size=1024, log_every=100,
+                 checkpoint_every=1000, eval_batch_size=8192, steps_per_dispatch=10),
+      optimizer=dict(name="adamw", learning_rate=learning_rate,
+                     schedule="warmup_cosine", warmup_steps=100, grad_clip=1.0,
+                     weight_decay=weight_decay))
+
+
+def base() -> ml_collections.ConfigDict:
+  """The ladder on 100,000 training points."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = "ladder"
+  c.num_train = 100_000
+  c.num_validation = 10_000
+  c.num_test = 100_000
+  c.models = ml_collections.ConfigDict({
+      "box": _unit(),
+      "gaussian_diag": _unit(),
+      "gaussian_full": _unit(),
+      "gmm": _unit(num_steps=2000, learning_rate=1e-2, num_components=64),
+      "realnvp": _unit(num_steps=2000, learning_rate=1e-3, num_layers=8,
+                       hidden=128, depth=2),
+      # lr 3e-3 diverges for this flow; weight decay 0.1 had the best
+      # validation NLL among the variants tried.
+      "spline_flow": _unit(num_steps=5000, learning_rate=1e-3, weight_decay=0.1,
+                           num_layers=4, hidden=128, depth=2, num_frequencies=32,
+                           num_bins=32),
+  })
+  return c
+
+
+def smoke() -> ml_collections.ConfigDict:
+  """Tiny sizes and few steps, for tests (seconds)."""
+  c = base()
+  c.num_train, c.num_validation, c.num_test = 2000, 500, 2000
+  for m in c.models.values():
+    if m.train.num_steps:
+      m.train.update(num_steps=40, batch_size=256, log_every=10, checkpoint_every=20)
+      m.optimizer.warmup_steps = 5
+  c.models.spline_flow.model.update(num_layers=2, hidden=32, num_frequencies=4,
+                                    num_bins=8)
+  c.models.realnvp.model.update(num_layers=2, hidden=32)
+  c.models.gmm.model.num_components = 8
+  return c
+
+
+def few() -> ml_collections.ConfigDict:
+  """The book's "few data points" setting: 1,000 training points."""
+  c = base()
+  c.num_train = 1000
+  for m in c.models.values():
+    if m.train.num_steps:
+      m.train.batch_size = 250
+  return c
+
+
+OVERRIDE_EXAMPLE = "--config.models.gmm.train.num_steps=4000"
+VARIANTS = {"": base, "smoke": smoke, "few": few}
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  return experiment.variant(VARIANTS, variant, "density")

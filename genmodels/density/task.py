@@ -1,0 +1,109 @@
+"""The density experiment's tasks: fit each model of the ladder by maximum likelihood.
+
+The loss (mean NLL) and the per-point evaluation are here; scoring against
+the truth is ``report.score``.
+"""
+
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genmodels import models
+from genmodels.data import world_map
+from genmodels.density import config as config_lib
+from genmodels.density import report
+from genmodels.density import trained as trained_lib
+from genmodels.training import experiment
+
+
+def density_loss(model: nn.Module):
+  """Maximum likelihood: the mean negative log-likelihood of the batch, in nats."""
+
+  def loss_fn(variables, batch, rng, train):
+    del rng, train
+    nll = -jnp.mean(model.apply(variables, batch["x"], method="log_prob"))
+    return nll, ({"nll": nll}, {})
+
+  return loss_fn
+
+
+def density_eval(model: nn.Module):
+  """Per-point NLL (inf where the model gives density 0) and the zero-density flag."""
+
+  def eval_fn(variables, batch):
+    log_p = model.apply(variables, batch["x"], method="log_prob")
+    return {"nll": -log_p, "zero_density": (log_p == -jnp.inf).astype(jnp.float32)}
+
+  return eval_fn
+
+
+def model_names(config) -> list[str]:
+  """The models ``config.model`` asks for, in order ("ladder": all of them)."""
+  if config.model == "ladder":
+    return list(config_lib.LADDER)
+  names = [n.strip() for n in config.model.split(",") if n.strip()]
+  valid = f"ladder, {', '.join(models.DENSITY_MODELS)}"
+  if not names:
+    raise ValueError(f"--model names no model; valid: {valid}")
+  for name in names:
+    if name not in models.DENSITY_MODELS:
+      raise ValueError(f"unknown --model {name!r}; valid: {valid}")
+    if name not in config.models:
+      raise ValueError(f"model {name!r} has no config in config.models: add one")
+  return names
+
+
+def check(config) -> None:
+  for key in ("num_train", "num_validation", "num_test"):
+    if not 0 < config[key] < float("inf"):
+      raise ValueError(f"{key} must be a positive number, got {config[key]}")
+  model_names(config)
+
+
+def unit_configs(config) -> dict:
+  return {name: config.models[name] for name in model_names(config)}
+
+
+def num_examples(config) -> int:
+  return int(config.num_train)
+
+
+def load_data(config) -> world_map.WorldMapData:
+  return world_map.load(config.num_train, config.num_validation, config.num_test,
+                        seed=config.seed)
+
+
+def make_task(name: str, cfg, data: world_map.WorldMapData, seed: int,
+              options: experiment.Options = experiment.Options()) -> experiment.Task:
+  """Model ``name`` fitted by maximum likelihood, scored by ``report.score``."""
+  model = models.get_density_model(name, **cfg.model.to_dict())
+  train_x = jnp.asarray(data.train)
+
+  def report_row(result, workdir):
+    trained = trained_lib.TrainedDensity(name, model, result.state.params)
+    trained_lib.save(os.path.join(workdir, "models", name), name,
+                     cfg.model.to_dict(), result.state.params)
+    row = report.score(trained, data, result, seed)
+    row["num_steps"] = int(cfg.train.num_steps)
+    if options.figures:
+      row["figures"] = report.figures(name, trained, result, data, workdir)
+    return row
+
+  return experiment.Task(
+      name=name, config=cfg,
+      init=lambda k: jax.jit(model.init, static_argnames="method")(
+          k, train_x, method="log_prob"),
+      loss=density_loss(model),
+      train_data={"x": data.train},
+      eval_fn=density_eval(model),
+      eval_data={"validation": {"x": data.validation}, "test": {"x": data.test}},
+      report=report_row)
+
+
+def tasks(config, data, options: experiment.Options):
+  for name in model_names(config):
+    print(f"== {name}", flush=True, file=sys.stderr)
+    yield make_task(name, config.models[name], data, config.seed, options)

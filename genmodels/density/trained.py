@@ -1,0 +1,79 @@
+"""Trained density models on (longitude, latitude): score, sample, save, load.
+
+Each model of a density workdir lives in ``workdir/models/NAME/`` with its
+``model.json`` (name and module fields) and final ``params`` (Orbax);
+``load_density`` gives it back for anyone to score their own points.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from genmodels import models
+
+
+class TrainedDensity:
+  """A trained density model on (longitude, latitude) points in degrees."""
+
+  def __init__(self, name: str, model, params):
+    self.name, self.model, self.params = name, model, params
+    self._log_prob = jax.jit(lambda p, x: model.apply({"params": p}, x,
+                                                      method="log_prob"))
+    self._sample = jax.jit(lambda p, k, n: model.apply({"params": p}, k, n,
+                                                       method="sample"),
+                           static_argnums=2)
+
+  def log_prob(self, x) -> np.ndarray:
+    """log p(x) for points [N, 2] or a single point [2]; -inf where p is 0."""
+    x = np.asarray(x, dtype=np.float32)
+    single = x.ndim == 1
+    x = x[None] if single else x
+    if x.ndim != 2 or x.shape[-1] != 2:
+      raise ValueError(f"points must have shape [N, 2] as (longitude, latitude) "
+                       f"in degrees, got {tuple(np.shape(x))}")
+    out = np.asarray(self._log_prob(self.params, jnp.asarray(x)))
+    return out[0] if single else out
+
+  def sample(self, key: jax.Array, n: int) -> np.ndarray:
+    """n points [n, 2] in degrees."""
+    if int(n) <= 0:
+      raise ValueError(f"n must be positive, got {n}")
+    return np.asarray(self._sample(self.params, key, int(n)))
+
+
+def save(model_dir: str, name: str, model_fields: dict, params) -> None:
+  with open(os.path.join(model_dir, "model.json"), "w") as f:
+    json.dump({"name": name, "model": model_fields}, f, indent=2)
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.join(os.path.abspath(model_dir), "params"), params, force=True)
+  ckptr.wait_until_finished()
+
+
+def load_density(workdir: str, name: str | None = None) -> TrainedDensity:
+  """A trained model from a density workdir: ``name``, or the best one.
+
+  The best is the lowest validation NLL in ``results.json``.
+  """
+  if name is None:
+    results_path = os.path.join(workdir, "results.json")
+    if not os.path.exists(results_path):
+      raise FileNotFoundError(f"no results.json in {workdir}: run "
+                              f"experiments/density_mle.py --workdir={workdir} first")
+    with open(results_path) as f:
+      rows = json.load(f)["models"]
+    name = min(rows, key=lambda n: float(rows[n]["validation_nll"]))
+  model_dir = os.path.join(workdir, "models", name)
+  if not os.path.exists(os.path.join(model_dir, "model.json")):
+    raise FileNotFoundError(f"no trained model {name!r} in {workdir}/models")
+  with open(os.path.join(model_dir, "model.json")) as f:
+    spec = json.load(f)
+  model = models.get_density_model(spec["name"], **spec["model"])
+  abstract = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((4, 2)), method="log_prob"))
+  params = ocp.StandardCheckpointer().restore(
+      os.path.join(os.path.abspath(model_dir), "params"), abstract["params"])
+  return TrainedDensity(spec["name"], model, params)

@@ -1,0 +1,89 @@
+"""The non-linearity experiment's tasks: each tabular model, Bernoulli loss, scored on test."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from genmodels.data import tabular as tabular_data
+from genmodels.models import tabular as tabular_models
+from genmodels.nonlinearity import report
+from genmodels.training import experiment
+
+
+def bernoulli_loss(model: nn.Module):
+  """Mean sigmoid cross-entropy (the NLL of a Bernoulli, nats) and accuracy."""
+
+  def loss_fn(variables, batch, rng, train):
+    del rng
+    logits = model.apply(variables, batch["x"], train=train)
+    labels = batch["label"].astype(logits.dtype)
+    nll = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+    accuracy = jnp.mean((logits > 0) == (batch["label"] == 1))
+    return nll, ({"nll": nll, "accuracy": accuracy}, {})
+
+  return loss_fn
+
+
+def bernoulli_eval(model: nn.Module):
+  """Per-row NLL (nats) and correctness at the 1/2 threshold."""
+
+  def eval_fn(variables, batch):
+    logits = model.apply(variables, batch["x"], train=False)
+    labels = batch["label"].astype(logits.dtype)
+    return {"nll": optax.sigmoid_binary_cross_entropy(logits, labels),
+            "accuracy": ((logits > 0) == (batch["label"] == 1)).astype(jnp.float32)}
+
+  return eval_fn
+
+
+def check(config) -> None:
+  for key in ("num_train", "num_test"):
+    if not 0 < config[key] < float("inf"):
+      raise ValueError(f"{key} must be a positive number, got {config[key]}")
+  for name in config.models:
+    if name not in tabular_models.TABULAR_MODELS:
+      raise ValueError(f"unknown model {name!r} in config.models; valid: "
+                       f"{', '.join(tabular_models.TABULAR_MODELS)}")
+
+
+def unit_configs(config) -> dict:
+  return dict(config.models.items())
+
+
+def num_examples(config) -> int:
+  return int(config.num_train)
+
+
+def load_data(config):
+  return tabular_data.load(config.num_train, config.num_test, config.seed)
+
+
+def make_task(name, cfg, data) -> experiment.Task:
+  train, test = data
+  model = tabular_models.get_tabular_model(name, **cfg.model.to_dict())
+
+  def report_row(result, workdir):
+    del workdir
+    variables = result.state.variables
+    logits = jax.jit(lambda x: model.apply(variables, x))
+    predict = lambda x: experiment.batched(  # P(y = 1) for features [N, F]
+        lambda b: jax.nn.sigmoid(logits(b)), np.asarray(x, np.float32))
+    row = report.row(result, predict, cfg)
+    row["_history"] = result.history  # for the figures; not in results.json
+    return row
+
+  return experiment.Task(
+      name=name, config=cfg,
+      init=lambda k: jax.jit(model.init)(k, jnp.zeros((1, tabular_data.NUM_FEATURES))),
+      loss=bernoulli_loss(model), train_data=train.as_dict(),
+      eval_fn=bernoulli_eval(model),
+      eval_data={"train_eval": train.as_dict(), "test": test.as_dict()},
+      report=report_row)
+
+
+def tasks(config, data, options):
+  del options
+  for name, cfg in config.models.items():
+    yield make_task(name, cfg, data)

@@ -1,0 +1,84 @@
+"""The one optimizer factory: Adam or AdamW, a schedule, optional clipping.
+
+Every experiment describes its optimizer with an ``optimizer`` config block:
+
+    name          "adam" or "adamw" (decoupled weight decay, times the rate)
+    learning_rate the peak rate
+    schedule      "constant", "warmup_cosine" (linear warm-up from 0 over
+                  ``warmup_steps``, capped at half the run, then cosine decay
+                  to ``learning_rate * end_factor``) or "onecycle" (rises over
+                  ``warmup_fraction`` of the run from rate / ``div_factor``,
+                  falls to rate / (div_factor * ``final_div_factor``))
+    weight_decay  AdamW's decay (ignored by "adam")
+    grad_clip     clip the global gradient norm to this value (0: no clipping)
+
+``DEFAULTS`` lists every field; a block names only what differs.
+"""
+
+import ml_collections
+import optax
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "warmup_cosine", "onecycle")
+
+DEFAULTS = dict(name="adam", learning_rate=1e-3, schedule="constant",
+                warmup_steps=100, end_factor=0.01, warmup_fraction=0.15,
+                div_factor=10.0, final_div_factor=100.0, weight_decay=0.0,
+                grad_clip=0.0)
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+  """A full ``optimizer`` block: ``DEFAULTS`` with ``overrides``."""
+  unknown = set(overrides) - set(DEFAULTS)
+  if unknown:
+    raise ValueError(f"unknown optimizer fields {sorted(unknown)}; valid: "
+                     f"{', '.join(DEFAULTS)}")
+  return ml_collections.ConfigDict({**DEFAULTS, **overrides})
+
+
+def check(cfg) -> None:
+  """Raises a one-line ValueError for a block the factory cannot build."""
+  if cfg.name not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+  if not 0 < cfg.learning_rate < float("inf"):
+    raise ValueError(f"learning_rate must be a positive number, got {cfg.learning_rate}")
+  for key in ("weight_decay", "grad_clip", "warmup_steps", "end_factor"):
+    if not 0 <= cfg[key] < float("inf"):
+      raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
+  if not 0 < cfg.warmup_fraction < 1:
+    raise ValueError(f"warmup_fraction must be in (0, 1), got {cfg.warmup_fraction}")
+  for key in ("div_factor", "final_div_factor"):
+    if not 0 < cfg[key] < float("inf"):
+      raise ValueError(f"{key} must be positive, got {cfg[key]}")
+
+
+def schedule(cfg, num_steps: int):
+  """The learning rate: a float, or an optax schedule over ``num_steps`` steps."""
+  lr = cfg.learning_rate
+  if cfg.schedule == "constant":
+    return lr
+  if cfg.schedule == "warmup_cosine":
+    steps = max(int(num_steps), 1)
+    warmup = min(int(cfg.warmup_steps), steps // 2)
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps,
+                                              end_value=lr * cfg.end_factor)
+  if cfg.schedule == "onecycle":
+    return optax.cosine_onecycle_schedule(
+        int(num_steps), lr, pct_start=cfg.warmup_fraction,
+        div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
+  raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def make(cfg, num_steps: int) -> optax.GradientTransformation:
+  """The optimizer of an ``optimizer`` block for a run of ``num_steps`` steps."""
+  check(cfg)
+  lr = schedule(cfg, num_steps)
+  if cfg.name == "adamw":
+    tx = optax.adamw(lr, weight_decay=cfg.weight_decay)
+  else:
+    tx = optax.adam(lr)
+  if cfg.grad_clip:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+  return tx
