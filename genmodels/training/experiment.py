@@ -47,11 +47,7 @@ TRAIN_DEFAULTS = dict(num_steps=0, epochs=0, batch_size=32, unit="step",
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
   """A full ``train`` block: ``TRAIN_DEFAULTS`` with ``overrides``."""
-  unknown = set(overrides) - set(TRAIN_DEFAULTS)
-  if unknown:
-    raise ValueError(f"unknown train fields {sorted(unknown)}; valid: "
-                     f"{', '.join(TRAIN_DEFAULTS)}")
-  return ml_collections.ConfigDict({**TRAIN_DEFAULTS, **overrides})
+  return optim.block("train", TRAIN_DEFAULTS, overrides)
 
 
 def unit(model=None, *, train: dict | None = None, optimizer: dict | None = None,
@@ -183,6 +179,12 @@ def setup(task: Task, seed: int, options: Options = Options()) -> loop.Setup:
 
 def model_dir(workdir: str, task: Task) -> str:
   return workdir if task.name is None else os.path.join(workdir, "models", task.name)
+
+
+def only_row(config, data, rows, workdir, options, run) -> dict:
+  """``summarize`` of an experiment of one model: its row is results.json."""
+  del config, data, workdir, options, run
+  return dict(rows[None])
 
 
 def write_results(workdir: str, results: dict) -> str:

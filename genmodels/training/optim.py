@@ -27,13 +27,18 @@ DEFAULTS = dict(name="adam", learning_rate=1e-3, schedule="constant",
                 grad_clip=0.0)
 
 
+def block(what: str, defaults: dict, overrides: dict) -> ml_collections.ConfigDict:
+  """A full config block: ``defaults`` with ``overrides`` (all of them known fields)."""
+  unknown = set(overrides) - set(defaults)
+  if unknown:
+    raise ValueError(f"unknown {what} fields {sorted(unknown)}; valid: "
+                     f"{', '.join(defaults)}")
+  return ml_collections.ConfigDict({**defaults, **overrides})
+
+
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
   """A full ``optimizer`` block: ``DEFAULTS`` with ``overrides``."""
-  unknown = set(overrides) - set(DEFAULTS)
-  if unknown:
-    raise ValueError(f"unknown optimizer fields {sorted(unknown)}; valid: "
-                     f"{', '.join(DEFAULTS)}")
-  return ml_collections.ConfigDict({**DEFAULTS, **overrides})
+  return block("optimizer", DEFAULTS, overrides)
 
 
 def check(cfg) -> None:
