@@ -39,6 +39,7 @@ def base() -> ml_collections.ConfigDict:
   c.num_train = 100_000
   c.num_validation = 10_000
   c.num_test = 100_000
+  c.num_samples = 1_000_000  # model samples for land precision and the yardstick
   c.models = ml_collections.ConfigDict({
       "box": _unit(),
       "gaussian_diag": _unit(),
@@ -59,6 +60,7 @@ def smoke() -> ml_collections.ConfigDict:
   """Tiny sizes and few steps, for tests (seconds)."""
   c = base()
   c.num_train, c.num_validation, c.num_test = 2000, 500, 2000
+  c.num_samples = 20_000
   for m in c.models.values():
     if m.train.num_steps:
       m.train.update(num_steps=40, batch_size=256, log_every=10, checkpoint_every=20)

@@ -12,11 +12,12 @@ import numpy as np
 
 from genmodels import plotting
 from genmodels import probability
+from genmodels import yardstick
 from genmodels.data import world_map
 from genmodels.training import experiment
 from genmodels.training import provenance
 
-SAMPLES_FOR_PRECISION = 20_000
+SAMPLE_CHUNK = 100_000  # samples drawn per call: bounds the memory of a flow's inverse
 
 DISPLAY_NAMES = {
     "box": "uniform box",
@@ -33,14 +34,31 @@ log-density of the held-out points (nats, degrees²); *KL to truth*, test NLL mi
 the data's exact entropy, which is KL(p_data ‖ p_model) (inf if the model gives
 some test point density 0: then the KL on the points it covers is shown);
 *zero-density test pts*, the share of such points; *land precision*, the share of
-20,000 model samples that fall on land; *train s*, training seconds
+the model's samples that fall on land; *binned KL 1°*, the sample yardstick:
+KL from the data's exact distribution over 1° cells to the histogram of the
+model's samples (add-1/2 smoothing; a perfect sampler scores the floor given in
+``yardstick.yardstick_floor``), and *recall 1°*, the share of the data's mass in
+cells the samples reach (``genmodels/yardstick.py``; results.json also has 4°
+and 0.25° and the recall per continent); *train s*, training seconds
 (evaluations excluded)."""
 
 
-def score(trained, data: world_map.WorldMapData, result, seed: int) -> dict:
-  """A density model's results row from the loop's last evaluation and its samples."""
+def draw(trained, key, n: int) -> np.ndarray:
+  """n samples [n, 2], drawn in chunks of ``SAMPLE_CHUNK``."""
+  chunks = [trained.sample(jax.random.fold_in(key, i), min(SAMPLE_CHUNK, n - start))
+            for i, start in enumerate(range(0, n, SAMPLE_CHUNK))]
+  return np.concatenate(chunks)
+
+
+def score(trained, data: world_map.WorldMapData, result, seed: int,
+          num_samples: int) -> dict:
+  """A density model's results row: the loop's last evaluation, then its samples.
+
+  Held-out NLL and KL to the truth from the exact density; land precision,
+  recall and binned KLs from ``num_samples`` samples (``yardstick``).
+  """
   test, val = result.last("test"), result.last("validation")
-  samples = trained.sample(jax.random.key(seed + 1), SAMPLES_FOR_PRECISION)
+  samples = draw(trained, jax.random.key(seed + 1), num_samples)
   entropy = world_map.entropy()
   test_nll = float(test["nll"])
   zero = float(test["zero_density"])
@@ -48,7 +66,7 @@ def score(trained, data: world_map.WorldMapData, result, seed: int) -> dict:
       "test_nll": test_nll,
       "kl_to_truth": probability.kl_to_truth(test_nll, entropy),
       "zero_density_fraction": zero,
-      "land_precision": float(world_map.on_land(samples).mean()),
+      **yardstick.score_samples(samples),
       "num_params": experiment.num_params(trained.params, trained.model),
       "train_seconds": float(result.train_seconds),
       "validation_nll": float(val["nll"]),
@@ -84,8 +102,8 @@ def format_table(rows: dict[str, dict], entropy: float) -> str:
   """The ladder as a markdown table, from the box down."""
   lines = [f"True entropy of the data: {entropy:.4f} nats (log land area in deg²).",
            "",
-           "| model | params | test NLL (nats) | KL to truth (nats) | zero-density test pts | land precision | train s |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+           "| model | params | test NLL (nats) | KL to truth (nats) | zero-density test pts | land precision | binned KL 1° | recall 1° | train s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for name, r in rows.items():
     kl = r["kl_to_truth"]
     kl_text = f"{kl:.3f}" if np.isfinite(kl) else (
@@ -94,6 +112,7 @@ def format_table(rows: dict[str, dict], entropy: float) -> str:
         f"| {DISPLAY_NAMES.get(name, name)} (`{name}`) | {r['num_params']:,} | "
         f"{r['test_nll']:.3f} | {kl_text} | "
         f"{100 * r['zero_density_fraction']:.3f}% | {r['land_precision']:.3f} | "
+        f"{r['binned_kl_1deg']:.3f} | {r['land_recall_1deg']:.3f} | "
         f"{r['train_seconds']:.1f} |")
   return "\n".join(lines)
 

@@ -57,7 +57,7 @@ def model_names(config) -> list[str]:
 
 
 def check(config) -> None:
-  for key in ("num_train", "num_validation", "num_test"):
+  for key in ("num_train", "num_validation", "num_test", "num_samples"):
     if not 0 < config[key] < float("inf"):
       raise ValueError(f"{key} must be a positive number, got {config[key]}")
   model_names(config)
@@ -77,7 +77,8 @@ def load_data(config) -> world_map.WorldMapData:
 
 
 def make_task(name: str, cfg, data: world_map.WorldMapData, seed: int,
-              options: experiment.Options = experiment.Options()) -> experiment.Task:
+              options: experiment.Options = experiment.Options(),
+              num_samples: int = 1_000_000) -> experiment.Task:
   """Model ``name`` fitted by maximum likelihood, scored by ``report.score``."""
   model = models.get_density_model(name, **cfg.model.to_dict())
   train_x = jnp.asarray(data.train)
@@ -86,7 +87,7 @@ def make_task(name: str, cfg, data: world_map.WorldMapData, seed: int,
     trained = trained_lib.TrainedDensity(name, model, result.state.params)
     trained_lib.save(os.path.join(workdir, "models", name), name,
                      cfg.model.to_dict(), result.state.params)
-    row = report.score(trained, data, result, seed)
+    row = report.score(trained, data, result, seed, num_samples)
     row["num_steps"] = int(cfg.train.num_steps)
     if options.figures:
       row["figures"] = report.figures(name, trained, result, data, workdir)
@@ -106,4 +107,5 @@ def make_task(name: str, cfg, data: world_map.WorldMapData, seed: int,
 def tasks(config, data, options: experiment.Options):
   for name in model_names(config):
     print(f"== {name}", flush=True, file=sys.stderr)
-    yield make_task(name, config.models[name], data, config.seed, options)
+    yield make_task(name, config.models[name], data, config.seed, options,
+                    config.num_samples)
