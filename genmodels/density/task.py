@@ -44,8 +44,10 @@ def model_names(config) -> list[str]:
   """The models ``config.model`` asks for, in order ("ladder": all of them)."""
   if config.model == "ladder":
     return list(config_lib.LADDER)
+  if config.model == "taxonomy":
+    return list(config_lib.TAXONOMY)
   names = [n.strip() for n in config.model.split(",") if n.strip()]
-  valid = f"ladder, {', '.join(models.DENSITY_MODELS)}"
+  valid = f"ladder, taxonomy, {', '.join(models.DENSITY_MODELS)}"
   if not names:
     raise ValueError(f"--model names no model; valid: {valid}")
   for name in names:

@@ -5,6 +5,7 @@ To add a density model, write a linen module with ``log_prob(x)`` and
 ``model`` fields become the module's attributes.
 """
 
+from genmodels.models.autoregressive import AutoregressiveDensity
 from genmodels.models.density import Gaussian, GaussianMixture, UniformBox
 from genmodels.models.flows import RealNVP, SplineFlow
 
@@ -15,6 +16,7 @@ DENSITY_MODELS = {
     "gmm": GaussianMixture,
     "realnvp": RealNVP,
     "spline_flow": SplineFlow,
+    "autoregressive": AutoregressiveDensity,
 }
 
 
