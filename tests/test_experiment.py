@@ -195,3 +195,23 @@ def test_num_params_counts_leaves_or_the_models_degrees_of_freedom():
   assert experiment.num_params(tree) == 17
   model = types.SimpleNamespace(num_free_params=lambda params: 11)
   assert experiment.num_params(tree, model) == 11
+
+
+def test_a_block_of_blocks_gives_each_part_its_own_optimizer():
+  params = {"generator": {"w": jnp.array([1.0, 2.0])},
+            "discriminator": {"w": jnp.array([3.0])}}
+  grads = {"generator": {"w": jnp.array([0.5, -1.0])},
+           "discriminator": {"w": jnp.array([2.0])}}
+  cfg = ml_collections.ConfigDict({
+      "generator": optim.optimizer_config(learning_rate=0.1),
+      "discriminator": optim.optimizer_config(name="adamw", learning_rate=0.01,
+                                              weight_decay=0.5, grad_clip=1.0)})
+  tx = optim.make(cfg, 10)
+  updates = tx.update(grads, tx.init(params), params)[0]
+  for part in params:
+    alone = optim.make(cfg[part], 10)
+    want = alone.update(grads[part], alone.init(params[part]), params[part])[0]
+    np.testing.assert_array_equal(updates[part]["w"], want["w"])
+  cfg.discriminator.learning_rate = -1.0
+  with pytest.raises(ValueError, match="optimizer.discriminator: learning_rate"):
+    optim.check(cfg)

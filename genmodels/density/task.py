@@ -20,7 +20,23 @@ from genmodels.training import experiment
 
 
 def density_loss(model: nn.Module):
-  """Maximum likelihood: the mean negative log-likelihood of the batch, in nats."""
+  """Maximum likelihood: the mean negative log-likelihood of the batch, in nats.
+
+  A model that is not trained by maximum likelihood (a diffusion model's
+  denoising loss, a VAE's negative ELBO, a GAN's two players, an energy
+  model's contrastive divergence) has a ``training_loss(x, rng) -> (loss,
+  metrics)`` method instead; its mutable collections (a replay buffer, say)
+  are updated by the step like BatchNorm statistics.
+  """
+  if hasattr(model, "training_loss"):
+    def own_loss(variables, batch, rng, train):
+      del train
+      mutable = [k for k in variables if k != "params"] or False
+      out = model.apply(variables, batch["x"], rng, method="training_loss",
+                        mutable=mutable)
+      (loss, metrics), new_state = out if mutable else (out, {})
+      return loss, (metrics, dict(new_state))
+    return own_loss
 
   def loss_fn(variables, batch, rng, train):
     del rng, train
@@ -28,6 +44,15 @@ def density_loss(model: nn.Module):
     return nll, ({"nll": nll}, {})
 
   return loss_fn
+
+
+def density_init(model: nn.Module, train_x):
+  """rng -> variables: from the training points (data-dependent starts), jitted."""
+  if hasattr(model, "training_loss"):
+    return lambda k: jax.jit(model.init, static_argnames="method")(
+        k, train_x, k, method="training_loss")
+  return lambda k: jax.jit(model.init, static_argnames="method")(
+      k, train_x, method="log_prob")
 
 
 def density_eval(model: nn.Module):
@@ -97,8 +122,7 @@ def make_task(name: str, cfg, data: world_map.WorldMapData, seed: int,
 
   return experiment.Task(
       name=name, config=cfg,
-      init=lambda k: jax.jit(model.init, static_argnames="method")(
-          k, train_x, method="log_prob"),
+      init=density_init(model, train_x),
       loss=density_loss(model),
       train_data={"x": data.train},
       eval_fn=density_eval(model),

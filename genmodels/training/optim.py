@@ -12,7 +12,9 @@ Every experiment describes its optimizer with an ``optimizer`` config block:
     weight_decay  AdamW's decay (ignored by "adam")
     grad_clip     clip the global gradient norm to this value (0: no clipping)
 
-``DEFAULTS`` lists every field; a block names only what differs.
+``DEFAULTS`` lists every field; a block names only what differs. A block of
+blocks, one per top-level part of the parameters, gives each part its own
+optimizer (see ``make``).
 """
 
 import ml_collections
@@ -43,6 +45,13 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 
 def check(cfg) -> None:
   """Raises a one-line ValueError for a block the factory cannot build."""
+  if per_part(cfg):
+    for part, block in cfg.items():
+      try:
+        check(block)
+      except (ValueError, AttributeError, KeyError) as e:
+        raise ValueError(f"optimizer.{part}: {e}") from None
+    return
   if cfg.name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
   if cfg.schedule not in SCHEDULES:
@@ -76,8 +85,21 @@ def schedule(cfg, num_steps: int):
   raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
+def per_part(cfg) -> bool:
+  """True for a block of blocks, one per top-level part of the parameters."""
+  return "name" not in cfg
+
+
 def make(cfg, num_steps: int) -> optax.GradientTransformation:
-  """The optimizer of an ``optimizer`` block for a run of ``num_steps`` steps."""
+  """The optimizer of an ``optimizer`` block for a run of ``num_steps`` steps.
+
+  A block of blocks, ``{part: block}``, gives each top-level part of the
+  parameters its own optimizer (a GAN's generator and discriminator):
+  ``optax.multi_transform`` over the parts.
+  """
+  if per_part(cfg):
+    txs = {part: make(block, num_steps) for part, block in cfg.items()}
+    return optax.multi_transform(txs, lambda params: {k: k for k in params})
   check(cfg)
   lr = schedule(cfg, num_steps)
   if cfg.name == "adamw":
