@@ -76,13 +76,14 @@ def test_initialize_rejects_incomplete_or_bad_arguments(kwargs, match):
     distributed.initialize(**kwargs)
 
 
-def test_two_processes_agree_with_one(tmp_path):
-  port, shared = _free_port(), tmp_path / "shared"
+def _two_processes(shared, out_prefix, preempt_rank=None):
+  """Runs the two-process training; returns (status codes, logs)."""
+  port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # one CPU device per process
   procs = [subprocess.Popen(
       [sys.executable, __file__, str(port), str(rank), str(shared),
-       str(tmp_path / f"out{rank}.json")], env=env,
+       f"{out_prefix}{rank}.json", str(rank == preempt_rank)], env=env,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for rank in (0, 1)]
   try:
@@ -91,8 +92,14 @@ def test_two_processes_agree_with_one(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for rank, p in enumerate(procs):
-    assert p.returncode == 0, f"process {rank}:\n{logs[rank][-3000:]}"
+  return [p.returncode for p in procs], logs
+
+
+def test_two_processes_agree_with_one(tmp_path):
+  shared = tmp_path / "shared"
+  codes, logs = _two_processes(shared, str(tmp_path / "out"))
+  for rank, code in enumerate(codes):
+    assert code == 0, f"process {rank}:\n{logs[rank][-3000:]}"
   multi = [json.loads((tmp_path / f"out{rank}.json").read_text()) for rank in (0, 1)]
   single = _train(str(tmp_path / "single"))
 
@@ -115,9 +122,36 @@ def test_two_processes_agree_with_one(tmp_path):
       os.listdir(tmp_path / "single" / "checkpoints"))
 
 
+def test_a_stop_request_on_one_process_stops_both_at_the_same_step(tmp_path):
+  """A SIGTERM that reaches process 1 only: both save one checkpoint and stop."""
+  shared = tmp_path / "shared"
+  codes, logs = _two_processes(shared, str(tmp_path / "stop"), preempt_rank=1)
+  assert codes == [PREEMPTED, PREEMPTED], logs
+  stops = [json.loads((tmp_path / f"stop{rank}.json").read_text()) for rank in (0, 1)]
+  assert stops[0] == stops[1] == {"preempted_at": 4}  # the first boundary, agreed
+  assert sorted(os.listdir(shared / "checkpoints")) == ["4"]
+  codes, logs = _two_processes(shared, str(tmp_path / "out"))  # resume
+  assert codes == [0, 0], logs
+  resumed = [json.loads((tmp_path / f"out{rank}.json").read_text()) for rank in (0, 1)]
+  single = _train(str(tmp_path / "single"))
+  for m in resumed:
+    for k, v in single["params"].items():
+      np.testing.assert_allclose(m["params"][k], v, atol=ATOL, err_msg=k)
+
+
+PREEMPTED = 3
+
 if __name__ == "__main__":
-  _port, _rank, _workdir, _out = sys.argv[1:]
+  _port, _rank, _workdir, _out, _preempt = sys.argv[1:]
   distributed.initialize(f"127.0.0.1:{_port}", 2, int(_rank))
-  _result = _train(_workdir)
+  from genmodels.training import preemption  # pylint: disable=g-import-not-at-top
+  if _preempt == "True":
+    preemption.request()  # as if SIGTERM had reached this process alone
+  try:
+    _result = _train(_workdir)
+  except preemption.Preempted as _e:
+    with open(_out, "w") as _f:
+      json.dump({"preempted_at": _e.step}, _f)
+    sys.exit(PREEMPTED)
   with open(_out, "w") as _f:
     json.dump(_result, _f)
