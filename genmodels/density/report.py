@@ -27,6 +27,7 @@ DISPLAY_NAMES = {
     "realnvp": "RealNVP (affine couplings)",
     "spline_flow": "rational-quadratic spline flow",
     "autoregressive": "autoregressive p(lat) p(lon | lat)",
+    "ensemble": "ensemble: autoregressive + spline flow",
 }
 
 COLUMNS = """\

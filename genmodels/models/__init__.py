@@ -7,6 +7,7 @@ To add a density model, write a linen module with ``log_prob(x)`` and
 
 from genmodels.models.autoregressive import AutoregressiveDensity
 from genmodels.models.density import Gaussian, GaussianMixture, UniformBox
+from genmodels.models.ensemble import EnsembleDensity
 from genmodels.models.flows import RealNVP, SplineFlow
 
 DENSITY_MODELS = {
@@ -17,6 +18,7 @@ DENSITY_MODELS = {
     "realnvp": RealNVP,
     "spline_flow": SplineFlow,
     "autoregressive": AutoregressiveDensity,
+    "ensemble": EnsembleDensity,
 }
 
 

@@ -1,0 +1,78 @@
+"""An ensemble across families: an equal-weight mixture of density models.
+
+What the taxonomy teaches on the world map: the best single models (the spline
+flow, the autoregressive model) fit 100,000 points closer than they
+generalise; their training NLL sits well below their held-out NLL, and what
+each memorises is its own sampling noise, shaped by its own inductive bias
+(coupling layers bend space; the autoregressive model slices it). Averaging
+densities whose errors are partly independent cancels part of that noise:
+by Jensen's inequality the mixture's expected NLL is never worse than the
+members' average, and it is better by as much as the members disagree.
+
+Each member is trained by its own maximum likelihood on the same batches
+(``training_loss`` is the sum of the members' NLLs, so no member sees another's
+gradient) and may have its own optimizer (a block of blocks keyed by member
+name). ``log_prob`` is exact: log of the mean of the members' densities.
+"""
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def _make_parts(members, **kwargs) -> dict:
+  from genmodels import models  # pylint: disable=g-import-not-at-top
+  if not members:
+    raise ValueError("an ensemble needs at least one member")
+  return {key: models.get_density_model(
+      spec["name"], **{k: v for k, v in spec.items() if k != "name"}, **kwargs)
+          for key, spec in members.items()}
+
+
+class EnsembleDensity(nn.Module):
+  """(1/M) sum_m p_m(x) over ``members``: {member name: {"name": model, **fields}}."""
+  members: Mapping[str, Mapping[str, Any]]
+
+  def setup(self):
+    for key, part in _make_parts(self.members).items():
+      setattr(self, key, part)  # the member's parameters live under its key
+
+  def _part(self, key):
+    return getattr(self, key)
+
+  def member_log_probs(self, x: Array) -> Array:
+    """[M, N]: each member's log-density, in the order of ``members``."""
+    return jnp.stack([self._part(key).log_prob(x) for key in self.members])
+
+  def log_prob(self, x: Array) -> Array:
+    return jax.nn.logsumexp(self.member_log_probs(x), axis=0) - np.log(len(self.members))
+
+  def training_loss(self, x: Array, rng: Array):
+    """The sum of the members' own mean NLLs; metrics per member and for the mixture."""
+    del rng
+    lp = self.member_log_probs(x)
+    member_nll = -jnp.mean(lp, axis=1)
+    metrics = {f"nll_{key}": member_nll[i] for i, key in enumerate(self.members)}
+    metrics["nll"] = -jnp.mean(jax.nn.logsumexp(lp, axis=0) - np.log(len(self.members)))
+    return jnp.sum(member_nll), metrics
+
+  def sample(self, rng: Array, n: int) -> Array:
+    """Each point from a member chosen uniformly."""
+    r_pick, *r_members = jax.random.split(rng, len(self.members) + 1)
+    draws = jnp.stack([self._part(key).sample(r, n)
+                       for key, r in zip(self.members, r_members)])
+    pick = jax.random.randint(r_pick, (n,), 0, len(self.members))
+    return draws[pick, jnp.arange(n)]
+
+  def num_free_params(self, params) -> int:
+    total = 0
+    for key, part in _make_parts(self.members, parent=None).items():
+      p = params[key]
+      total += (int(part.num_free_params(p)) if hasattr(part, "num_free_params")
+                else int(sum(np.size(v) for v in jax.tree.leaves(p))))
+    return total
