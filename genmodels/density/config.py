@@ -22,7 +22,7 @@ from genmodels.training import optim
 
 LADDER = ("box", "gaussian_diag", "gaussian_full", "gmm", "realnvp", "spline_flow")
 # Chapter 1's taxonomy on the same map: the ladder, then one model per family.
-TAXONOMY = LADDER + ("autoregressive", "ensemble")
+TAXONOMY = LADDER + ("autoregressive", "ebm", "ensemble")
 
 
 def _unit(num_steps=0, learning_rate=3e-3, weight_decay=0.0, batch_size=1024, **model):
@@ -33,6 +33,16 @@ def _unit(num_steps=0, learning_rate=3e-3, weight_decay=0.0, batch_size=1024, **
       optimizer=dict(name="adamw", learning_rate=learning_rate,
                      schedule="warmup_cosine", warmup_steps=100, grad_clip=1.0,
                      weight_decay=weight_decay))
+
+
+def _ebm() -> ml_collections.ConfigDict:
+  """Chapter 7: contrastive divergence with Langevin samples from a replay buffer.
+
+  Its samples cost a Langevin chain each: the yardstick uses 100,000.
+  """
+  u = _unit(num_steps=2500, learning_rate=2e-3, batch_size=512, sample_steps=50)
+  u.num_samples = 100_000
+  return u
 
 
 def _ensemble() -> ml_collections.ConfigDict:
@@ -78,6 +88,7 @@ def base() -> ml_collections.ConfigDict:
       "autoregressive": _unit(num_steps=2500, learning_rate=2e-3, batch_size=2048,
                               order="lat_lon", num_components=32, hidden=256,
                               depth=3, num_frequencies=64),
+      "ebm": _ebm(),
       "ensemble": _ensemble(),
   })
   return c
@@ -103,6 +114,10 @@ def smoke() -> ml_collections.ConfigDict:
   c.models.autoregressive.model.update(small_ar)
   c.models.ensemble.model.members.autoregressive.update(small_ar)
   c.models.ensemble.model.members.spline_flow.update(small_flow)
+  c.models.ebm.model.update(hidden=16, depth=1, num_frequencies=4, buffer_size=512,
+                            langevin_steps=5, sample_steps=10,
+                            quadrature_cells=(90, 45))
+  c.models.ebm.num_samples = 2000
   for block in c.models.ensemble.optimizer.values():
     block.warmup_steps = 5
   return c

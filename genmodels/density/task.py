@@ -133,5 +133,6 @@ def make_task(name: str, cfg, data: world_map.WorldMapData, seed: int,
 def tasks(config, data, options: experiment.Options):
   for name in model_names(config):
     print(f"== {name}", flush=True, file=sys.stderr)
-    yield make_task(name, config.models[name], data, config.seed, options,
-                    config.num_samples)
+    cfg = config.models[name]
+    yield make_task(name, cfg, data, config.seed, options,
+                    cfg.get("num_samples", config.num_samples))

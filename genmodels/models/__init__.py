@@ -7,6 +7,7 @@ To add a density model, write a linen module with ``log_prob(x)`` and
 
 from genmodels.models.autoregressive import AutoregressiveDensity
 from genmodels.models.density import Gaussian, GaussianMixture, UniformBox
+from genmodels.models.ebm import EnergyModel
 from genmodels.models.ensemble import EnsembleDensity
 from genmodels.models.flows import RealNVP, SplineFlow
 
@@ -18,6 +19,7 @@ DENSITY_MODELS = {
     "realnvp": RealNVP,
     "spline_flow": SplineFlow,
     "autoregressive": AutoregressiveDensity,
+    "ebm": EnergyModel,
     "ensemble": EnsembleDensity,
 }
 
