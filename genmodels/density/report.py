@@ -26,7 +26,7 @@ DISPLAY_NAMES = {
     "gmm": "mixture of Gaussians",
     "realnvp": "RealNVP (affine couplings)",
     "spline_flow": "rational-quadratic spline flow",
-    "autoregressive": "autoregressive p(lat) p(lon | lat)",
+    "autoregressive": "autoregressive p(lat) p(lon∣lat)",
     "ebm": "energy-based model (CD, Langevin)",
     "ensemble": "ensemble: autoregressive + spline flow",
 }
