@@ -63,19 +63,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genmodels.models.features import fourier_features
+
 Array = jax.Array
 
 ORDERS = {"lon_lat": (0, 1), "lat_lon": (1, 0)}
 CONDITIONALS = ("intervals", "categorical")
 
 
-def fourier_features(u: Array, num_frequencies: int) -> Array:
-  """[u, sin(pi k u), cos(pi k u)] for k = 1..num_frequencies; u [N] -> [N, 1+2K]."""
-  feats = [2.0 * u[:, None] - 1.0]
-  if num_frequencies:
-    angles = u[:, None] * (jnp.pi * jnp.arange(1, num_frequencies + 1, dtype=u.dtype))
-    feats += [jnp.sin(angles), jnp.cos(angles)]
-  return jnp.concatenate(feats, -1)
+def _features(u: Array, num_frequencies: int) -> Array:
+  """[2u - 1, sin(pi k u), cos(pi k u)] for k = 1..num_frequencies; u [N] -> [N, 1+2K]."""
+  return fourier_features(u[:, None], int(num_frequencies), linear=2.0 * u[:, None] - 1.0)
 
 
 def _histogram_logits(u: Array, num_bins: int) -> Array:
@@ -216,7 +214,7 @@ class ConditionalNet(nn.Module):
 
   @nn.compact
   def __call__(self, u1: Array) -> Array:
-    h = fourier_features(u1, self.num_frequencies)
+    h = _features(u1, self.num_frequencies)
     for _ in range(self.depth):
       h = nn.gelu(nn.Dense(self.hidden)(h))
     return nn.Dense(self.num_outputs, kernel_init=nn.initializers.zeros,

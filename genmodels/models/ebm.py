@@ -63,6 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genmodels.models.features import fourier_features
+
 Array = jax.Array
 EnergyFn = Callable[[Array], Array]
 
@@ -216,12 +218,7 @@ class EnergyNet(nn.Module):
 
   @nn.compact
   def __call__(self, u: Array) -> Array:
-    h = [2.0 * u - 1.0]
-    if self.num_frequencies:
-      freqs = jnp.pi * jnp.arange(1, self.num_frequencies + 1, dtype=u.dtype)
-      angles = (u[..., :, None] * freqs).reshape(*u.shape[:-1], -1)
-      h += [jnp.sin(angles), jnp.cos(angles)]
-    h = jnp.concatenate(h, -1)
+    h = fourier_features(u, int(self.num_frequencies), linear=2.0 * u - 1.0)
     for _ in range(self.depth):
       h = nn.silu(nn.Dense(self.hidden)(h))
     return nn.Dense(1, kernel_init=nn.initializers.zeros)(h)[..., 0]

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genmodels.models import splines
+from genmodels.models.features import fourier_features
 
 Array = jax.Array
 
@@ -43,11 +44,7 @@ class Conditioner(nn.Module):
 
   @nn.compact
   def __call__(self, c: Array) -> Array:
-    h = c
-    if self.num_frequencies:
-      freqs = jnp.pi * jnp.arange(1, self.num_frequencies + 1, dtype=c.dtype)
-      angles = (c[..., :, None] * freqs).reshape(*c.shape[:-1], -1)
-      h = jnp.concatenate([c, jnp.sin(angles), jnp.cos(angles)], -1)
+    h = fourier_features(c, int(self.num_frequencies))
     for _ in range(self.depth):
       h = nn.gelu(nn.Dense(self.hidden)(h))
     return nn.Dense(self.num_outputs, kernel_init=nn.initializers.zeros)(h)
