@@ -1,0 +1,348 @@
+"""Generative adversarial network (chapter 4): an implicit model of the world map.
+
+A generator G maps noise eps ~ N(0, I) to a point; a discriminator D scores
+points, real (training data) against fake (G's samples). The model has samples
+but no density: ``log_prob`` raises, and the GAN is scored from its samples
+alone by the yardstick (``genmodels.yardstick``: binned KL, land precision and
+recall).
+
+**Objective: the non-saturating loss with an R1 penalty** (Mescheder et al.
+2018, "Which training methods for GANs actually converge?"):
+
+    D: softplus(-D(x_real)) + softplus(D(G(eps))) + (r1_weight / 2) |grad_u D(u_real)|^2
+    G: softplus(-D(G(eps))) + box_weight * |G's raw output beyond the box|^2
+
+The non-saturating generator loss keeps G's gradient alive when D is confident
+(the minimax log(1 - D) saturates exactly then). R1 penalises D's slope on the
+data only: it vanishes at the equilibrium (G = data, D constant), so unlike a
+Wasserstein critic's 1-Lipschitz gradient penalty it does not bias the solution,
+and it damps the rotation of simultaneous gradient play. A Wasserstein critic
+must hold its Lipschitz bound over the whole box (penalty points between real
+and fake) and still resolve coastlines at 1 degree: no advantage here.
+
+**The engine's single gradient.** The train step takes one gradient of the
+scalar ``training_loss`` with respect to all parameters, which have exactly two
+parts, ``generator`` and ``discriminator``, each with its own optimizer
+(``optax.multi_transform``). The loss is written so that each part receives the
+gradient of its own objective only (simultaneous updates):
+
+    loss = d_loss(D params, stop_gradient(G samples))
+         + g_loss(G params, through stop_gradient(D params)).
+
+**What made it train** (measured; an MLP pair on raw (lon, lat) reached a binned
+KL of 0.87 at 1 degree with D at chance):
+
+* *D sees Fourier features* [u, sin(pi k u), cos(pi k u)], k = 1..32, of the point
+  normalised to u in [-1, 1]^2: a small MLP can then draw coastlines, and D is
+  no longer at chance. With D learning faster than G (two time-scale rates).
+* *Coarse to fine* (``coarse_to_fine_steps``): a GAN cannot move mass between
+  continents once D has drawn the oceans, since every path crosses a valley of D
+  (fakes are pushed to the nearest coast, whatever the continents' shares). So
+  D starts seeing only frequencies k <= 2 (continental scale: no oceans in its
+  view, only which regions have too many fakes) and frequency k fades in
+  linearly over the first ``coarse_to_fine_steps`` steps (a half-cosine ramp per
+  frequency, as BARF does for coordinate networks). This cut the binned KL at 4
+  degrees from 0.45 to 0.18 and at 1 degree from 0.60 to 0.38. The step count
+  lives in the mutable collection "schedule" (checkpointed with the state, so
+  resume is exact); outside training (parameters only) D sees every frequency.
+* *The generator starts at the product of the data's marginals and stays in
+  the box.* G's base point takes each coordinate's empirical inverse CDF (knots
+  at the training data's quantiles: a data-dependent start that puts the right
+  mass in every band of latitude; it alone scores a binned KL of 0.62 at 1
+  degree and land precision 0.63), then residual warps whose last layers start
+  at zero move it. The output is folded into the box (longitude wraps around,
+  latitude reflects: slope +-1, no vanishing gradient and no pile-up on an edge,
+  as a squashing tanh or erf gave at the South Pole), and a quadratic penalty on
+  the raw output beyond the box gives G a restoring force: without it G's
+  output drifted ever further out, the fold turned it into noise and training
+  diverged to a uniform sampler.
+"""
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from genmodels.models.features import fourier_features
+
+Array = jax.Array
+
+NO_DENSITY = ("the GAN is an implicit model: it has no log_prob; score its "
+              "samples with the yardstick (genmodels.yardstick.score_samples)")
+
+
+def fold_into_box(y: Array) -> Array:
+  """y [..., D] -> [-1, 1]^D: the first coordinate (longitude) wraps around, the
+  others reflect at +-1 (a triangle wave).
+
+  Every sample lands in the box, the map is piecewise the identity (slope +-1:
+  no gradient vanishes, unlike a squashing tanh or erf that lets samples pile
+  up on an edge), and nothing the generator emits can hide where the
+  discriminator's Fourier features, which have period 2, alias it onto land.
+  """
+  lon = jnp.mod(y[..., :1] + 1.0, 2.0) - 1.0
+  rest = 1.0 - jnp.abs(jnp.mod(y[..., 1:] + 1.0, 4.0) - 2.0)
+  return jnp.concatenate([lon, rest], -1)
+
+
+def box_excess(y: Array) -> Array:
+  """sum_i max(|y_i| - 1, 0)^2 per point [...]: how far y lies outside [-1, 1]^D."""
+  return jnp.sum(jax.nn.relu(jnp.abs(y) - 1.0) ** 2, -1)
+
+
+def quantile_knots(u: Array, num_quantiles: int) -> Array:
+  """Each coordinate's quantiles of points u [N, D] at 0, 1/Q, ..., 1: [D, Q + 1]."""
+  probs = jnp.linspace(0.0, 1.0, num_quantiles + 1)
+  return jnp.quantile(u, probs, axis=0).T.astype(jnp.float32)
+
+
+class Generator(nn.Module):
+  """eps [..., noise_dim] -> u [..., 2]: a product of marginals, then residual warps.
+
+  The base point y_0 takes each coordinate's inverse CDF, piecewise linear
+  through ``num_quantiles`` + 1 knots, at Phi(eps_i): at initialisation the knots
+  are the training data's quantiles, so a fresh generator samples the product of
+  the data's marginals (and the uniform box without data). Then
+
+      y_{b+1} = y_b + MLP_b(Fourier features of y_b [and of erf(extra noise)]),
+
+  each MLP's last layer starting at zero. The knots are parameters too. The
+  output y_B is raw: ``fold_into_box`` maps it into the box.
+  """
+  noise_dim: int = 2
+  hidden: int = 256
+  depth: int = 2
+  blocks: int = 2
+  num_frequencies: int = 16
+  num_quantiles: int = 256
+  out_dim: int = 2
+
+  @nn.compact
+  def __call__(self, eps: Array, init_u: Array | None = None) -> Array:
+    if self.noise_dim < self.out_dim:
+      raise ValueError(f"noise_dim must be at least {self.out_dim}, got {self.noise_dim}")
+    probs = jnp.linspace(0.0, 1.0, self.num_quantiles + 1)
+
+    def init_knots(_):
+      if init_u is None:
+        return jnp.tile(2.0 * probs - 1.0, (self.out_dim, 1)).astype(jnp.float32)
+      return quantile_knots(init_u, self.num_quantiles)
+
+    knots = self.param("quantiles", init_knots)
+    p = jax.scipy.special.ndtr(eps[..., :self.out_dim])
+    y = jnp.stack([jnp.interp(p[..., i], probs, knots[i])
+                   for i in range(self.out_dim)], -1)
+    extra = jax.scipy.special.erf(eps[..., self.out_dim:] / np.sqrt(2.0))
+    for b in range(self.blocks):
+      h = fourier_features(jnp.concatenate([y, extra], -1), int(self.num_frequencies))
+      for _ in range(self.depth):
+        h = nn.silu(nn.Dense(self.hidden)(h))
+      y = y + nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros,
+                       name=f"out_{b}")(h)
+    return y
+
+
+COARSE_START = 2.0  # frequencies the discriminator sees at step 0 of coarse-to-fine
+
+
+def frequency_weights(num_frequencies: int, level) -> Array:
+  """Weight of frequency k = 1..K at a (fractional) ``level``: 1 for k <= level,
+  0 for k >= level + 1, a half-cosine ramp in between. [K]."""
+  k = jnp.arange(1, num_frequencies + 1, dtype=jnp.float32)
+  return 0.5 * (1.0 - jnp.cos(jnp.pi * jnp.clip(level - k + 1.0, 0.0, 1.0)))
+
+
+class StepCounter(nn.Module):
+  """The number of training steps taken, in the mutable collection "schedule".
+
+  Returns None where the collection is absent and immutable (e.g. an apply with
+  the parameters only): the schedule is then over.
+  """
+
+  @nn.compact
+  def __call__(self, advance: bool):
+    if not (self.has_variable("schedule", "step")
+            or self.is_mutable_collection("schedule")):
+      return None
+    step = self.variable("schedule", "step", lambda: jnp.zeros((), jnp.int32))
+    value = step.value
+    if advance and not self.is_initializing() and self.is_mutable_collection("schedule"):
+      step.value = value + 1
+    return value
+
+
+class Discriminator(nn.Module):
+  """u [..., 2] -> a logit [...]: an MLP on Fourier features of u.
+
+  ``level`` (None: all) fades frequencies above it out of the features.
+  """
+  hidden: int = 256
+  depth: int = 3
+  num_frequencies: int = 32
+
+  @nn.compact
+  def __call__(self, u: Array, level=None) -> Array:
+    h = fourier_features(u, int(self.num_frequencies))
+    if level is not None and self.num_frequencies:
+      w = jnp.tile(frequency_weights(self.num_frequencies, level), u.shape[-1])
+      d = u.shape[-1]
+      h = jnp.concatenate([h[..., :d], h[..., d:d + w.size] * w, h[..., d + w.size:] * w], -1)
+    for _ in range(self.depth):
+      h = nn.silu(nn.Dense(self.hidden)(h))
+    return nn.Dense(1, name="out")(h)[..., 0]
+
+
+# The two objectives, as pure functions of a discriminator ``d(params, u)``. ------
+
+
+def r1_penalty(d: Callable, d_params, real: Array) -> Array:
+  """E |grad_u D(u)|^2 over the real points (one gradient per point)."""
+  grads = jax.grad(lambda u: jnp.sum(d(d_params, u)))(real)
+  return jnp.mean(jnp.sum(grads ** 2, -1))
+
+
+def discriminator_loss(d: Callable, d_params, real: Array, fake: Array,
+                       r1_weight: float) -> tuple[Array, dict]:
+  """softplus(-D(real)) + softplus(D(fake)) + r1_weight / 2 * R1, and metrics."""
+  logit_real, logit_fake = d(d_params, real), d(d_params, fake)
+  adversarial = jnp.mean(jax.nn.softplus(-logit_real)) + jnp.mean(
+      jax.nn.softplus(logit_fake))
+  r1 = r1_penalty(d, d_params, real) if r1_weight else jnp.zeros(())
+  metrics = {
+      "d_adversarial": adversarial, "r1": r1,
+      "d_real": jnp.mean(jax.nn.sigmoid(logit_real)),
+      "d_fake": jnp.mean(jax.nn.sigmoid(logit_fake)),
+      "d_accuracy": 0.5 * (jnp.mean(logit_real > 0) + jnp.mean(logit_fake < 0)),
+  }
+  return adversarial + 0.5 * r1_weight * r1, metrics
+
+
+def generator_loss(d: Callable, d_params, raw: Array, box_weight: float) -> tuple[Array, dict]:
+  """The non-saturating loss softplus(-D(fake)) = -log sigmoid(D(fake)) of the
+  folded fakes, plus box_weight * E[box_excess(raw)], and metrics.
+
+  ``raw`` is the generator's output before ``fold_into_box``.
+  """
+  adversarial = jnp.mean(jax.nn.softplus(-d(d_params, fold_into_box(raw))))
+  excess = jnp.mean(box_excess(raw))
+  return adversarial + box_weight * excess, {"g_adversarial": adversarial,
+                                             "box_excess": excess}
+
+
+class GAN(nn.Module):
+  """Generator and discriminator MLPs on (lon, lat); samples, no density.
+
+  Parameters have two top-level parts, ``generator`` and ``discriminator``, for
+  an optimizer block of blocks (one optimizer each).
+
+  Attributes:
+    lo, hi: the data box; both networks work in u = (x - centre) / half-width,
+      and every sample lies inside the box.
+    noise_dim: dimension of the generator's noise eps ~ N(0, I).
+    generator_hidden, generator_depth, generator_blocks: G's residual warps
+      (``Generator``): blocks of depth hidden layers each.
+    generator_frequencies: Fourier frequencies of the point each warp moves.
+    generator_quantiles: knots of the base point's inverse CDFs.
+    discriminator_hidden, discriminator_depth, discriminator_frequencies: D's
+      MLP and the Fourier frequencies of its input point.
+    r1_weight: gamma of the R1 penalty (gamma / 2) E |grad_u D(u_real)|^2.
+    box_weight: weight of G's penalty on its raw output beyond the box.
+    coarse_to_fine_steps: steps over which D's frequencies fade in from
+      COARSE_START to all (0: all from the start). About 2/3 of the run.
+  """
+  has_density = False  # implicit: scored by the sample yardstick alone
+
+  lo: Sequence[float] = (-180.0, -90.0)
+  hi: Sequence[float] = (180.0, 90.0)
+  noise_dim: int = 2
+  generator_hidden: int = 128
+  generator_depth: int = 2
+  generator_blocks: int = 2
+  generator_frequencies: int = 16
+  generator_quantiles: int = 256
+  discriminator_hidden: int = 128
+  discriminator_depth: int = 3
+  discriminator_frequencies: int = 32
+  r1_weight: float = 1e-3
+  box_weight: float = 100.0
+  coarse_to_fine_steps: int = 8000
+
+  def setup(self):
+    if self.coarse_to_fine_steps:
+      self.counter = StepCounter()
+    self.generator = Generator(self.noise_dim, self.generator_hidden,
+                               self.generator_depth, self.generator_blocks,
+                               self.generator_frequencies, self.generator_quantiles,
+                               len(self.lo))
+    self.discriminator = Discriminator(self.discriminator_hidden,
+                                       self.discriminator_depth,
+                                       self.discriminator_frequencies)
+
+  def _affine(self):
+    lo, hi = np.asarray(self.lo, np.float64), np.asarray(self.hi, np.float64)
+    return ((lo + hi) / 2).astype(np.float32), ((hi - lo) / 2).astype(np.float32)
+
+  def to_unit(self, x: Array) -> Array:
+    loc, scale = self._affine()
+    return (x - loc) / scale
+
+  def from_unit(self, u: Array) -> Array:
+    loc, scale = self._affine()
+    return u * scale + loc
+
+  def noise(self, rng: Array, n: int) -> Array:
+    return jax.random.normal(rng, (n, self.noise_dim))
+
+  def __call__(self, x: Array) -> Array:
+    """D's logit of points x [N, 2] (in data units)."""
+    return self.discriminator(self.to_unit(x))
+
+  def training_loss(self, x: Array, rng: Array) -> tuple[Array, dict]:
+    """d_loss(D, stop_gradient(G samples)) + g_loss(G, stop_gradient(D)).
+
+    One fake per real point (batch size n), noise from ``noise(rng, n)``.
+    """
+    init_u = None
+    if self.is_initializing():
+      # The engine passes all the training data: the generator's quantile knots
+      # start at its quantiles; the rest of init needs only shapes.
+      init_u = self.to_unit(x)
+      x = x[:1024]
+    real = self.to_unit(x)
+    raw = self.generator(self.noise(rng, x.shape[0]), init_u)
+    fake = fold_into_box(raw)
+    if self.is_initializing():
+      self.discriminator(real)
+    level = self.frequency_level()
+    d_params = self.discriminator.variables["params"]
+    d_module = self.discriminator.clone(parent=None)
+    d = lambda params, u: d_module.apply({"params": params}, u, level)
+    d_loss, metrics = discriminator_loss(d, d_params, real,
+                                         jax.lax.stop_gradient(fake), self.r1_weight)
+    g_loss, g_metrics = generator_loss(d, jax.lax.stop_gradient(d_params), raw,
+                                       self.box_weight)
+    metrics = {**metrics, **g_metrics, "d_loss": d_loss, "g_loss": g_loss}
+    if level is not None:
+      metrics["frequency_level"] = level
+    return d_loss + g_loss, metrics
+
+  def frequency_level(self):
+    """The discriminator's frequency level this step (advancing the counter), or
+    None (all frequencies) without coarse-to-fine or outside training."""
+    if not self.coarse_to_fine_steps:
+      return None
+    step = self.counter(advance=True)
+    if step is None:
+      return None
+    k = float(self.discriminator_frequencies)
+    progress = jnp.minimum(step.astype(jnp.float32) / self.coarse_to_fine_steps, 1.0)
+    return COARSE_START + (k - COARSE_START) * progress
+
+  def sample(self, rng: Array, n: int) -> Array:
+    """n points [n, 2] in data units: G(eps), eps ~ N(0, I)."""
+    return self.from_unit(fold_into_box(self.generator(self.noise(rng, n))))
+
+  def log_prob(self, x: Array) -> Array:
+    raise ValueError(NO_DENSITY)
