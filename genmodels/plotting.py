@@ -83,12 +83,9 @@ def _pct(p: float) -> str:
   return f"{n}{suffix}"
 
 
-def density_figure(log_prob_fn: Callable[[np.ndarray], np.ndarray],
-                   title: str = "", cells_per_degree: int = 2,
-                   clip_percentile: float | None = 99.0,
-                   log_scale: bool = False):
-  """The figure of ``density_map``, not yet saved (for tests and notebooks)."""
-  dens = density_grid(log_prob_fn, cells_per_degree)
+def density_panel(ax, dens: np.ndarray, clip_percentile: float | None = 99.0,
+                  log_scale: bool = False, coastline: bool = True):
+  """Draw a density grid (``density_grid``'s layout) on ax; (image, colour-bar label, extend)."""
   finite = dens[np.isfinite(dens)]
   vmax = clip_value(dens, clip_percentile)
   clipped = finite.size > 0 and bool(finite.max() > vmax)
@@ -106,24 +103,73 @@ def density_figure(log_prob_fn: Callable[[np.ndarray], np.ndarray],
     norm = colors.Normalize(vmin=0.0, vmax=vmax)
     shown = dens
     extend = "max" if clipped else "neither"
-  fig, ax = plt.subplots(figsize=(9, 4.5))
   im = ax.imshow(shown, extent=_EXTENT, origin="upper", cmap=cmap, norm=norm,
                  aspect="auto", interpolation="nearest")
-  _coastline(ax)
-  _equator(ax)
+  if coastline:
+    _coastline(ax)
   label = "density (deg⁻², log scale)" if log_scale else "density (deg⁻²)"
   if clipped:  # Only possible with a percentile: None clips at the maximum.
     label += f", clipped at {_pct(clip_percentile)} pct"
   if finite.size < dens.size:
     label += f"\n{dens.size - finite.size:,} non-finite cells in cyan"
+  return im, label, extend
+
+
+def density_figure(log_prob_fn: Callable[[np.ndarray], np.ndarray] | None,
+                   title: str = "", cells_per_degree: int = 2,
+                   clip_percentile: float | None = 99.0,
+                   log_scale: bool = False, grid: np.ndarray | None = None):
+  """The figure of ``density_map``, not yet saved (for tests and notebooks).
+
+  ``grid`` (a ``density_grid`` already computed) replaces ``log_prob_fn``.
+  """
+  dens = density_grid(log_prob_fn, cells_per_degree) if grid is None else grid
+  fig, ax = plt.subplots(figsize=(9, 4.5))
+  im, label, extend = density_panel(ax, dens, clip_percentile, log_scale)
+  _equator(ax)
   fig.colorbar(im, ax=ax, label=label, extend=extend)
   ax.set(xlabel="longitude", ylabel="latitude", title=title)
   return fig
 
 
+def taxonomy_figure(branches: Sequence[tuple[str, Sequence[tuple[str, np.ndarray,
+                                                                  np.ndarray]]]],
+                    title: str = "", max_points: int = 3000, per_row: int = 2):
+  """Chapter 1's taxonomy on the map: one block of panels per branch.
+
+  ``branches``: [(branch title, [(model title, density grid, samples [M, 2])])].
+  Each model gets two panels, its density (or sample histogram) and its first
+  ``max_points`` samples over the coastline; ``per_row`` models per row.
+  """
+  heights = [-(-len(models) // per_row) for _, models in branches]
+  fig = plt.figure(figsize=(6.4 * per_row, 1.9 * sum(heights) + 0.5 * len(heights) + 0.6),
+                   layout="constrained")
+  subfigs = fig.subfigures(len(branches), 1, height_ratios=[h + 0.3 for h in heights],
+                           squeeze=False)[:, 0]
+  for subfig, (branch, models), n_rows in zip(subfigs, branches, heights):
+    subfig.suptitle(branch, fontweight="bold", x=0.01, ha="left")
+    axes = subfig.subplots(n_rows, 2 * per_row, squeeze=False)
+    for ax in axes.flat:
+      ax.set_axis_off()
+    for k, (name, dens, samples) in enumerate(models):
+      ax_d, ax_s = axes[k // per_row, 2 * (k % per_row):2 * (k % per_row) + 2]
+      density_panel(ax_d, dens, 99.0)
+      pts = np.asarray(samples)[:max_points]
+      ax_s.scatter(pts[:, 0], pts[:, 1], s=0.2, alpha=0.6, color="tab:blue",
+                   rasterized=True)
+      _coastline(ax_s)
+      ax_s.set(xlim=world_map.LON_RANGE, ylim=world_map.LAT_RANGE)
+      ax_d.set_title(name, fontsize=8, loc="left")
+      ax_s.set_title(f"{len(pts):,} samples", fontsize=8, loc="left")
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
 def density_map(log_prob_fn: Callable[[np.ndarray], np.ndarray], path: str,
                 title: str = "", cells_per_degree: int = 2,
-                clip_percentile: float | None = 99.0, log_scale: bool = False):
+                clip_percentile: float | None = 99.0, log_scale: bool = False,
+                grid: np.ndarray | None = None):
   """The model's density over the map as a heat map, with the coastline.
 
   The colour scale is linear in density and runs from 0 to the
@@ -140,7 +186,7 @@ def density_map(log_prob_fn: Callable[[np.ndarray], np.ndarray], path: str,
   clipping. Non-finite densities are drawn in cyan and counted in the label.
   """
   return _save(density_figure(log_prob_fn, title, cells_per_degree,
-                              clip_percentile, log_scale), path)
+                              clip_percentile, log_scale, grid), path)
 
 
 def count_off_map(points: np.ndarray) -> int:

@@ -168,6 +168,21 @@ def sample_counts(samples, resolution_deg: float) -> np.ndarray:
   return np.bincount(flat, minlength=n_rows * n_cols).reshape(n_rows, n_cols)
 
 
+def histogram_log_density(samples, resolution_deg: float = 1.0):
+  """points [M, 2] -> log of the samples' histogram density (per degree², -inf
+  where no sample fell): an implicit model's density map for figures."""
+  n = len(_as_points(samples))
+  side = _cell_side(resolution_deg)
+  with np.errstate(divide="ignore"):
+    log_dens = np.log(sample_counts(samples, resolution_deg) / (n * resolution_deg**2))
+
+  def log_density(points):
+    rows, cols = world_map._cell_index(np.asarray(points))  # pylint: disable=protected-access
+    return log_dens[rows // side, cols // side]
+
+  return log_density
+
+
 def _kl_from_counts(probs: np.ndarray, counts: np.ndarray, n: int,
                     smoothing: float) -> float:
   alpha = float(smoothing)

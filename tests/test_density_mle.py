@@ -37,7 +37,7 @@ from genmodels.training import optim
 from genmodels.training import steps as steps_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-E2E_MODELS = ("box", "gaussian_full", "spline_flow")
+E2E_MODELS = ("box", "gaussian_full", "spline_flow", "vae", "gan")
 ROW_KEYS = {"test_nll", "kl_to_truth", "zero_density_fraction", "land_precision",
             "num_params", "train_seconds"}
 DATA_MEAN = np.array([3.0, -2.0])
@@ -243,6 +243,15 @@ def test_e2e_results_report_and_figures(e2e):
   assert set(results["models"]) == set(E2E_MODELS)
   for name, row in results["models"].items():
     assert ROW_KEYS <= set(row), (name, sorted(row))
+    for kind in ("density", "samples"):
+      png = workdir / "figures" / f"{name}_{kind}.png"
+      assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert 0.0 <= _num(row["land_precision"]) <= 1.0
+    assert 0.0 <= _num(row["land_recall_1deg"]) <= 1.0
+    if name == "gan":  # implicit: the yardstick's columns only
+      assert row["test_nll"] is None and row["kl_to_truth"] is None
+      assert row["validation_nll"] is None
+      continue
     test_nll, kl = _num(row["test_nll"]), _num(row["kl_to_truth"])
     assert kl == pytest.approx(test_nll - results["entropy"], abs=1e-6) or (
         kl == test_nll == math.inf)
@@ -251,13 +260,18 @@ def test_e2e_results_report_and_figures(e2e):
     if "kl_on_support" in row:
       assert _num(row["kl_on_support"]) > -0.1
     assert 0.0 <= _num(row["zero_density_fraction"]) <= 1.0
-    assert 0.0 <= _num(row["land_precision"]) <= 1.0
     assert int(row["num_params"]) > 0 and _num(row["train_seconds"]) >= 0
-    for kind in ("density", "samples"):
-      png = workdir / "figures" / f"{name}_{kind}.png"
-      assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-  # Only the gradient-trained model has a training curve.
+  # Only the gradient-trained models have a training curve.
   assert (workdir / "figures" / "spline_flow_training.png").exists()
+  assert not (workdir / "figures" / "box_training.png").exists()
+  # The VAE's KL is a bound (IWAE), with the ELBO's looser one beside it: the
+  # same K log-weights, logsumexp against mean, so per point ELBO <= IWAE.
+  vae = results["models"]["vae"]
+  assert vae["kl_is_upper_bound"] is True
+  assert _num(vae["elbo_kl_to_truth"]) >= _num(vae["kl_to_truth"])
+  assert {"iwae_samples", "iwae_doubling_gain"} <= set(vae)
+  # Every model on one page, grouped by branch of the taxonomy.
+  assert (workdir / "figures" / "taxonomy.png").read_bytes()[:4] == b"\x89PNG"
   assert results["models"]["box"]["num_params"] == 4  # lo and hi
   report = (workdir / "report.md").read_text()
   for name in E2E_MODELS:
@@ -267,7 +281,7 @@ def test_e2e_results_report_and_figures(e2e):
 
 def test_load_density_best_reproduces_test_nll(e2e, world):
   workdir, results = e2e
-  rows = results["models"]
+  rows = {n: r for n, r in results["models"].items() if r["validation_nll"] is not None}
   best = min(rows, key=lambda n: _num(rows[n]["validation_nll"]))
   trained = genmodels.load_density(str(workdir))  # The public entry point.
   assert trained.name == best
@@ -296,6 +310,11 @@ def test_load_density_by_name_and_bad_input(e2e, world):
     box.sample(jax.random.key(0), 0)
   with pytest.raises(FileNotFoundError):
     genmodels.load_density(str(workdir), "gmm")
+  gan = genmodels.load_density(str(workdir), "gan")  # samples, no density
+  gan_samples = gan.sample(jax.random.key(0), 50)
+  assert gan_samples.shape == (50, 2) and world_map.in_box(gan_samples).all()
+  with pytest.raises(ValueError, match="implicit"):
+    gan.log_prob(gan_samples)
   with pytest.raises(FileNotFoundError):
     genmodels.load_density(str(workdir.parent / "missing"))
   assert os.path.exists(workdir / "models" / "box" / "model.json")

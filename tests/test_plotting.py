@@ -117,3 +117,17 @@ def test_samples_vs_data_titles_count_off_map_points(tmp_path):
   assert titles[1] == f"400 of 500 model samples ({off_shown} off the map, not shown)"
   path = plotting.samples_vs_data(samples, data, str(tmp_path / "s.png"))
   assert (tmp_path / "s.png").stat().st_size > 5_000 and path.endswith("s.png")
+
+
+def test_taxonomy_figure_groups_models_by_branch():
+  grid = np.ones((180, 360))
+  pts = np.zeros((10, 2))
+  branches = [("tractable density", [("a", grid, pts), ("b", grid, pts), ("c", grid, pts)]),
+              ("implicit density", [("d", grid, pts)])]
+  fig = plotting.taxonomy_figure(branches, title="t", per_row=2)
+  subfigs = fig.subfigs
+  assert [s._suptitle.get_text() for s in subfigs] == ["tractable density", "implicit density"]
+  shown = [[t for ax in s.axes if (t := ax.get_title(loc="left"))] for s in subfigs]
+  assert shown == [["a", "10 samples", "b", "10 samples", "c", "10 samples"],
+                   ["d", "10 samples"]]
+  plt.close(fig)

@@ -224,3 +224,19 @@ def test_score_samples_columns_agree_with_the_functions():
   no_regions = yardstick.score_samples(pts, resolutions=(2.0,), region_resolution=None)
   assert set(no_regions) == {"num_samples", "land_precision", "binned_kl_2deg",
                              "land_recall_2deg"}
+
+
+def test_histogram_log_density_is_the_normalised_histogram():
+  """Each sample's cell gets count / (N cell area); the density sums to the
+  share of samples on the map, and empty cells are -inf."""
+  rng = np.random.default_rng(3)
+  samples = np.concatenate([rng.uniform([-180, -90], [180, 90], (3000, 2)),
+                            [[500.0, 0.0]]])  # one off the map
+  log_density = yardstick.histogram_log_density(samples, 4.0)
+  centres = np.stack(np.meshgrid(np.arange(-178, 180, 4.0), np.arange(88, -90, -4.0)),
+                     -1).reshape(-1, 2)
+  dens = np.exp(log_density(centres))
+  assert np.sum(dens * 16.0) == pytest.approx(3000 / 3001, rel=1e-9)
+  counts = yardstick.sample_counts(samples, 4.0).reshape(-1)
+  np.testing.assert_allclose(dens, counts / (3001 * 16.0), rtol=1e-12)
+  assert np.isneginf(log_density(centres[counts == 0])).all() or (counts > 0).all()

@@ -9,7 +9,8 @@ Each model of ``models`` is a unit: its ``model`` fields (the module's
 attributes), its ``train`` block (see ``training.experiment.TRAIN_DEFAULTS``)
 and its ``optimizer`` block (see ``training.optim``). ``model`` picks which to
 run: "ladder" (the box to the spline flow, in order), "taxonomy" (the ladder,
-then one model of each family of chapter 1's taxonomy) or comma-separated names. Closed-form models
+then one model of each family of chapter 1's taxonomy, then the ensemble) or
+comma-separated names. Closed-form models
 (box, Gaussians) train for 0 steps: their initialisation is the MLE.
 
 Expected: spline_flow reaches a held-out KL of 0.0998 nats (measured 2026-11-28).
@@ -22,7 +23,8 @@ from genmodels.training import optim
 
 LADDER = ("box", "gaussian_diag", "gaussian_full", "gmm", "realnvp", "spline_flow")
 # Chapter 1's taxonomy on the same map: the ladder, then one model per family.
-TAXONOMY = LADDER + ("autoregressive", "ebm", "ensemble")
+TAXONOMY = LADDER + ("autoregressive", "flow_matching", "vae", "ebm", "diffusion",
+                     "gan", "ensemble")
 
 
 def _unit(num_steps=0, learning_rate=3e-3, weight_decay=0.0, batch_size=1024, **model):
@@ -42,6 +44,35 @@ def _ebm() -> ml_collections.ConfigDict:
   """
   u = _unit(num_steps=2500, learning_rate=2e-3, batch_size=512, sample_steps=50)
   u.num_samples = 100_000
+  return u
+
+
+def _vae() -> ml_collections.ConfigDict:
+  """Chapter 3: trained on the ELBO, scored by the IWAE bound (K = 256)."""
+  u = _unit(num_steps=26_000, learning_rate=2e-3, batch_size=512)
+  u.optimizer.warmup_steps = 200
+  u.figure_cells_per_degree = 1  # the bound costs K decoder passes per point
+  return u
+
+
+def _gan() -> ml_collections.ConfigDict:
+  """Chapter 4: two players, two optimizers (D learns faster), no clipping."""
+  u = _unit(num_steps=12_000, batch_size=256)
+  u.optimizer = ml_collections.ConfigDict({
+      part: optim.optimizer_config(name="adam", learning_rate=lr,
+                                   schedule="warmup_cosine", warmup_steps=200)
+      for part, lr in (("generator", 5e-4), ("discriminator", 2e-3))})
+  return u
+
+
+def _continuous(**model) -> ml_collections.ConfigDict:
+  """Chapter 8: a time-dependent field, exact likelihood by the ODE."""
+  num_samples = model.pop("num_samples", None)
+  u = _unit(num_steps=20_000, learning_rate=2e-3, **model)
+  u.optimizer.warmup_steps = 200
+  if num_samples:
+    u.num_samples = num_samples
+  u.figure_cells_per_degree = 1  # an ODE solve per point
   return u
 
 
@@ -88,7 +119,12 @@ def base() -> ml_collections.ConfigDict:
       "autoregressive": _unit(num_steps=2500, learning_rate=2e-3, batch_size=2048,
                               order="lat_lon", num_components=32, hidden=256,
                               depth=3, num_frequencies=64),
+      "vae": _vae(),
+      "gan": _gan(),
       "ebm": _ebm(),
+      "flow_matching": _continuous(),
+      # Ancestral sampling costs a network pass per step: 250 steps, 100,000 samples.
+      "diffusion": _continuous(num_sampling_steps=250, num_samples=100_000),
       "ensemble": _ensemble(),
   })
   return c
@@ -102,8 +138,9 @@ def smoke() -> ml_collections.ConfigDict:
   for m in c.models.values():
     if m.train.num_steps:
       m.train.update(num_steps=40, batch_size=256, log_every=10, checkpoint_every=20)
-      if not optim.per_part(m.optimizer):
-        m.optimizer.warmup_steps = 5
+      for block in (m.optimizer.values() if optim.per_part(m.optimizer)
+                    else [m.optimizer]):
+        block.warmup_steps = 5
   c.models.spline_flow.model.update(num_layers=2, hidden=32, num_frequencies=4,
                                     num_bins=8)
   c.models.realnvp.model.update(num_layers=2, hidden=32)
@@ -118,8 +155,19 @@ def smoke() -> ml_collections.ConfigDict:
                             langevin_steps=5, sample_steps=10,
                             quadrature_cells=(90, 45))
   c.models.ebm.num_samples = 2000
-  for block in c.models.ensemble.optimizer.values():
-    block.warmup_steps = 5
+  c.models.vae.model.update(hidden=16, encoder_depth=1, decoder_depth=1,
+                            decoder_blocks=1, num_frequencies=4,
+                            latent_frequencies=4, iwae_samples=8, iwae_chunk=4)
+  c.models.gan.model.update(generator_hidden=16, generator_depth=1,
+                            generator_blocks=1, generator_frequencies=4,
+                            generator_quantiles=16, discriminator_hidden=16,
+                            discriminator_depth=1, discriminator_frequencies=4,
+                            coarse_to_fine_steps=20)
+  small_field = dict(hidden=16, depth=2, num_frequencies=4, time_frequencies=2,
+                     num_ode_steps=4)
+  c.models.flow_matching.model.update(small_field)
+  c.models.diffusion.model.update(small_field, num_sampling_steps=10)
+  c.models.diffusion.num_samples = 2000
   return c
 
 

@@ -27,15 +27,43 @@ DISPLAY_NAMES = {
     "realnvp": "RealNVP (affine couplings)",
     "spline_flow": "rational-quadratic spline flow",
     "autoregressive": "autoregressive p(lat) p(lon∣lat)",
+    "vae": "VAE (IWAE bound)",
+    "gan": "GAN (non-saturating, R1)",
     "ebm": "energy-based model (CD, Langevin)",
+    "flow_matching": "flow matching (continuous flow)",
+    "diffusion": "diffusion (DDPM, probability-flow ODE)",
     "ensemble": "ensemble: autoregressive + spline flow",
 }
 
+# Chapter 1's taxonomy: how each model treats the density, and its chapter.
+BRANCHES = ("tractable density", "approximate density", "implicit density")
+FAMILIES = {
+    "box": (0, "baseline"), "gaussian_diag": (0, "baseline"),
+    "gaussian_full": (0, "baseline"), "gmm": (0, "mixture"),
+    "realnvp": (0, "normalizing flow, ch. 6"), "spline_flow": (0, "normalizing flow, ch. 6"),
+    "autoregressive": (0, "autoregressive, ch. 5"),
+    "flow_matching": (0, "continuous normalizing flow, ch. 8"),
+    "ensemble": (0, "mixture across families"),
+    "vae": (1, "VAE, ch. 3"), "ebm": (1, "energy-based, ch. 7"),
+    "diffusion": (1, "diffusion, ch. 8"),
+    "gan": (2, "GAN, ch. 4"),
+}
+IWAE_CHECK_POINTS = 10_000  # validation points for a bound's "double K" check
+
+
+def branch(name: str) -> str:
+  return BRANCHES[FAMILIES.get(name, (0, ""))[0]]
+
+
 COLUMNS = """\
-Columns: *params*, the model's degrees of freedom; *test NLL*, the mean negative
-log-density of the held-out points (nats, degrees²); *KL to truth*, test NLL minus
-the data's exact entropy, which is KL(p_data ‖ p_model) (inf if the model gives
-some test point density 0: then the KL on the points it covers is shown);
+Columns: *density*, the model's branch of chapter 1's taxonomy (tractable,
+approximate or implicit); *params*, the model's degrees of freedom; *test NLL*,
+the mean negative log-density of the held-out points (nats, degrees²); *KL to
+truth*, test NLL minus the data's exact entropy, which is KL(p_data ‖ p_model)
+(inf if the model gives some test point density 0: then the KL on the points it
+covers is shown; "≤" where log_prob is a lower bound on log p, the VAE's
+importance-weighted bound, so the true KL is at most that; none for a model
+that only samples, the GAN, which the yardstick alone scores);
 *zero-density test pts*, the share of such points; *land precision*, the share of
 the model's samples that fall on land; *binned KL 1°*, the sample yardstick:
 KL from the data's exact distribution over 1° cells to the histogram of the
@@ -53,27 +81,33 @@ def draw(trained, key, n: int) -> np.ndarray:
   return np.concatenate(chunks)
 
 
-def score(trained, data: world_map.WorldMapData, result, seed: int,
-          num_samples: int) -> dict:
+def score(trained, data: world_map.WorldMapData, result, samples) -> dict:
   """A density model's results row: the loop's last evaluation, then its samples.
 
-  Held-out NLL and KL to the truth from the exact density; land precision,
-  recall and binned KLs from ``num_samples`` samples (``yardstick``).
+  Held-out NLL and KL to the truth from the model's density (an upper bound
+  on the KL where its log_prob is a lower bound, the VAE's; none for an
+  implicit model); land precision, recall and binned KLs from ``samples``
+  (``yardstick``).
   """
-  test, val = result.last("test"), result.last("validation")
-  samples = draw(trained, jax.random.key(seed + 1), num_samples)
   entropy = world_map.entropy()
+  row: dict = {"test_nll": None, "kl_to_truth": None, "zero_density_fraction": None,
+               **yardstick.score_samples(samples),
+               "num_params": experiment.num_params(trained.params, trained.model),
+               "train_seconds": float(result.train_seconds), "validation_nll": None}
+  if not trained.has_density:
+    return row
+  test, val = result.last("test"), result.last("validation")
   test_nll = float(test["nll"])
   zero = float(test["zero_density"])
-  row = {
-      "test_nll": test_nll,
-      "kl_to_truth": probability.kl_to_truth(test_nll, entropy),
-      "zero_density_fraction": zero,
-      **yardstick.score_samples(samples),
-      "num_params": experiment.num_params(trained.params, trained.model),
-      "train_seconds": float(result.train_seconds),
-      "validation_nll": float(val["nll"]),
-  }
+  row.update(test_nll=test_nll, kl_to_truth=probability.kl_to_truth(test_nll, entropy),
+             zero_density_fraction=zero, validation_nll=float(val["nll"]))
+  if getattr(trained.model, "log_prob_is_bound", False):
+    row["kl_is_upper_bound"] = True
+  for key in sorted(set(test) - {"nll", "zero_density", "step", "split"}):
+    if key.endswith("_nll"):  # another bound's NLL: its KL to the truth too
+      row[f"test_{key}"] = float(test[key])
+      row[f"{key[:-4]}_kl_to_truth"] = float(test[key]) - entropy
+  row.update(trained.diagnostics(data.validation[:IWAE_CHECK_POINTS]))
   if zero > 0:  # Say what the model does on the points it does not rule out.
     lp = trained.log_prob(data.test)
     finite = np.isfinite(lp)
@@ -82,39 +116,92 @@ def score(trained, data: world_map.WorldMapData, result, seed: int,
   return row
 
 
-def figures(name, trained, result, data, workdir) -> list[str]:
-  """Density map, samples against data and (if trained) the NLL curve."""
+def figures(name, trained, result, data, workdir, samples,
+            cells_per_degree: int = 2) -> list[str]:
+  """Density map (sample histogram for an implicit model), samples against data,
+  the NLL curve if trained; the grid and samples also go to ``NAME_map.npz``
+  for the taxonomy figure."""
   fig_dir = os.path.join(workdir, "figures")
   title = DISPLAY_NAMES.get(name, name)
+  if trained.has_density:
+    grid = plotting.density_grid(trained.log_prob, cells_per_degree)
+    what = "model density"
+  else:
+    grid = plotting.density_grid(yardstick.histogram_log_density(samples, 1.0), 1)
+    what = f"histogram of {len(samples):,} samples (1° cells)"
+  os.makedirs(fig_dir, exist_ok=True)
+  np.savez_compressed(os.path.join(fig_dir, f"{name}_map.npz"),
+                      density=grid.astype(np.float32), samples=samples[:5000],
+                      what=what)
   paths = [
-      plotting.density_map(trained.log_prob, f"{fig_dir}/{name}_density.png",
-                           title=f"{title}: model density"),
-      plotting.samples_vs_data(trained.sample(jax.random.key(1), 5000), data.train,
+      plotting.density_map(None, f"{fig_dir}/{name}_density.png",
+                           title=f"{title}: {what}", grid=grid),
+      plotting.samples_vs_data(samples[:5000], data.train,
                                f"{fig_dir}/{name}_samples.png",
                                title=f"{title}: data vs samples"),
   ]
-  if any(r["split"] == "train" for r in result.history):
+  train_rows = [r for r in result.history if r["split"] == "train"]
+  if any("nll" in r for r in train_rows):
     paths.append(plotting.training_curves(
         result.history, f"{fig_dir}/{name}_training.png", keys=["nll"],
         title=f"{title}: NLL (nats)", hline=world_map.entropy(),
         hline_label="true entropy"))
+  elif any("loss" in r for r in train_rows):  # its own training loss
+    paths.append(plotting.training_curves(
+        result.history, f"{fig_dir}/{name}_training.png", keys=["loss"],
+        title=f"{title}: training loss"))
   return [os.path.relpath(p, workdir) for p in paths]
 
 
+def taxonomy_figure(workdir: str, names) -> str | None:
+  """figures/taxonomy.png from the models' saved maps, grouped by branch."""
+  fig_dir = os.path.join(workdir, "figures")
+  branches = []
+  for b in BRANCHES:
+    panels = []
+    for name in names:
+      path = os.path.join(fig_dir, f"{name}_map.npz")
+      if branch(name) == b and os.path.exists(path):
+        with np.load(path) as z:
+          family = f" · {FAMILIES[name][1]}" if name in FAMILIES else ""
+          panels.append((f"{DISPLAY_NAMES.get(name, name)}{family}\n{z['what']}",
+                         z["density"], z["samples"]))
+    if panels:
+      branches.append((b, panels))
+  if not branches:
+    return None
+  fig = plotting.taxonomy_figure(
+      branches, title="Chapter 1's taxonomy on the world map")
+  return plotting._save(fig, os.path.join(fig_dir, "taxonomy.png"))  # pylint: disable=protected-access
+
+
+def _kl_text(r: dict) -> str:
+  kl = r["kl_to_truth"]
+  if kl is None:
+    return "— (samples only)"
+  if r.get("kl_is_upper_bound"):
+    return f"≤ {kl:.3f} (bound)"
+  if np.isfinite(kl):
+    return f"{kl:.3f}"
+  return f"inf ({r['kl_on_support']:.3f} on support)" if "kl_on_support" in r else "inf"
+
+
+def _num(value, fmt: str) -> str:
+  return "—" if value is None else format(value, fmt)
+
+
 def format_table(rows: dict[str, dict], entropy: float) -> str:
-  """The ladder as a markdown table, from the box down."""
+  """The models as a markdown table, in order, each with its branch of chapter 1's taxonomy."""
   lines = [f"True entropy of the data: {entropy:.4f} nats (log land area in deg²).",
            "",
-           "| model | params | test NLL (nats) | KL to truth (nats) | zero-density test pts | land precision | binned KL 1° | recall 1° | train s |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| density | model | params | test NLL (nats) | KL to truth (nats) | zero-density test pts | land precision | binned KL 1° | recall 1° | train s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for name, r in rows.items():
-    kl = r["kl_to_truth"]
-    kl_text = f"{kl:.3f}" if np.isfinite(kl) else (
-        f"inf ({r['kl_on_support']:.3f} on support)" if "kl_on_support" in r else "inf")
+    zero = r["zero_density_fraction"]
     lines.append(
-        f"| {DISPLAY_NAMES.get(name, name)} (`{name}`) | {r['num_params']:,} | "
-        f"{r['test_nll']:.3f} | {kl_text} | "
-        f"{100 * r['zero_density_fraction']:.3f}% | {r['land_precision']:.3f} | "
+        f"| {branch(name).split()[0]} | {DISPLAY_NAMES.get(name, name)} (`{name}`) | "
+        f"{r['num_params']:,} | {_num(r['test_nll'], '.3f')} | {_kl_text(r)} | "
+        f"{'—' if zero is None else f'{100 * zero:.3f}%'} | {r['land_precision']:.3f} | "
         f"{r['binned_kl_1deg']:.3f} | {r['land_recall_1deg']:.3f} | "
         f"{r['train_seconds']:.1f} |")
   return "\n".join(lines)
@@ -127,6 +214,8 @@ def summarize(config, data, rows, workdir, options, run) -> dict:
              "models": {name: {k: v for k, v in r.items() if k != "figures"}
                         for name, r in rows.items()}}
   if options.figures:
+    if len(rows) > 1:
+      taxonomy_figure(workdir, list(rows))
     write_report(workdir, rows, run)
   return results
 
@@ -137,6 +226,8 @@ def write_report(workdir: str, rows: dict, run: dict) -> str:
            "KL(p_data || p_model).", "",
            format_table(rows, world_map.entropy()), "", COLUMNS, "",
            f"Run: {provenance.describe(run)}.", ""]
+  if os.path.exists(os.path.join(workdir, "figures", "taxonomy.png")):
+    lines += ["![every model](figures/taxonomy.png)", ""]
   for name, r in rows.items():
     paths = r.get("figures", [])
     lines += [f"## {DISPLAY_NAMES.get(name, name)} (`{name}`)", ""]

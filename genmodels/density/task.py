@@ -4,6 +4,7 @@ The loss (mean NLL) and the per-point evaluation are here; scoring against
 the truth is ``report.score``.
 """
 
+import functools
 import os
 import sys
 
@@ -48,19 +49,22 @@ def density_loss(model: nn.Module):
 
 def density_init(model: nn.Module, train_x):
   """rng -> variables: from the training points (data-dependent starts), jitted."""
-  if hasattr(model, "training_loss"):
-    return lambda k: jax.jit(model.init, static_argnames="method")(
-        k, train_x, k, method="training_loss")
-  return lambda k: jax.jit(model.init, static_argnames="method")(
-      k, train_x, method="log_prob")
+  init = jax.jit(functools.partial(trained_lib.init_variables, model))
+  return lambda k: init(k, train_x)
 
 
 def density_eval(model: nn.Module):
-  """Per-point NLL (inf where the model gives density 0) and the zero-density flag."""
+  """Per-point NLL (inf where the model gives density 0), the zero-density flag
+  and the model's own ``eval_metrics`` if it has them; None for an implicit model."""
+  if not models.has_density(model):
+    return None
 
   def eval_fn(variables, batch):
-    log_p = model.apply(variables, batch["x"], method="log_prob")
-    return {"nll": -log_p, "zero_density": (log_p == -jnp.inf).astype(jnp.float32)}
+    if hasattr(model, "eval_metrics"):
+      out = model.apply(variables, batch["x"], method="eval_metrics")
+    else:
+      out = {"nll": -model.apply(variables, batch["x"], method="log_prob")}
+    return {**out, "zero_density": (out["nll"] == jnp.inf).astype(jnp.float32)}
 
   return eval_fn
 
@@ -114,10 +118,12 @@ def make_task(name: str, cfg, data: world_map.WorldMapData, seed: int,
     trained = trained_lib.TrainedDensity(name, model, result.state.params)
     trained_lib.save(os.path.join(workdir, "models", name), name,
                      cfg.model.to_dict(), result.state.params)
-    row = report.score(trained, data, result, seed, num_samples)
+    samples = report.draw(trained, jax.random.key(seed + 1), num_samples)
+    row = report.score(trained, data, result, samples)
     row["num_steps"] = int(cfg.train.num_steps)
     if options.figures:
-      row["figures"] = report.figures(name, trained, result, data, workdir)
+      row["figures"] = report.figures(name, trained, result, data, workdir, samples,
+                                      cfg.get("figure_cells_per_degree", 2))
     return row
 
   return experiment.Task(
@@ -126,7 +132,8 @@ def make_task(name: str, cfg, data: world_map.WorldMapData, seed: int,
       loss=density_loss(model),
       train_data={"x": data.train},
       eval_fn=density_eval(model),
-      eval_data={"validation": {"x": data.validation}, "test": {"x": data.test}},
+      eval_data=({"validation": {"x": data.validation}, "test": {"x": data.test}}
+                 if models.has_density(model) else None),
       report=report_row)
 
 

@@ -16,11 +16,23 @@ import orbax.checkpoint as ocp
 from genmodels import models
 
 
+def init_variables(model, rng, x):
+  """The model's variables, initialised as its loss sees them (from points x)."""
+  if hasattr(model, "training_loss"):
+    return model.init(rng, x, rng, method="training_loss")
+  return model.init(rng, x, method="log_prob")
+
+
 class TrainedDensity:
-  """A trained density model on (longitude, latitude) points in degrees."""
+  """A trained density model on (longitude, latitude) points in degrees.
+
+  An implicit model (a GAN: ``has_density`` is False) samples but has no
+  ``log_prob``.
+  """
 
   def __init__(self, name: str, model, params):
     self.name, self.model, self.params = name, model, params
+    self.has_density = models.has_density(model)
     self._log_prob = jax.jit(lambda p, x: model.apply({"params": p}, x,
                                                       method="log_prob"))
     self._sample = jax.jit(lambda p, k, n: model.apply({"params": p}, k, n,
@@ -29,6 +41,9 @@ class TrainedDensity:
 
   def log_prob(self, x) -> np.ndarray:
     """log p(x) for points [N, 2] or a single point [2]; -inf where p is 0."""
+    if not self.has_density:
+      raise ValueError(f"{self.name!r} is an implicit model: it has samples but no "
+                       "log_prob; score it with genmodels.yardstick.score_samples")
     x = np.asarray(x, dtype=np.float32)
     single = x.ndim == 1
     x = x[None] if single else x
@@ -43,6 +58,14 @@ class TrainedDensity:
     if int(n) <= 0:
       raise ValueError(f"n must be positive, got {n}")
     return np.asarray(self._sample(self.params, key, int(n)))
+
+  def diagnostics(self, x) -> dict[str, float]:
+    """The model's own checks on points x (``diagnostics``), or {}."""
+    if not hasattr(self.model, "diagnostics"):
+      return {}
+    out = self.model.apply({"params": self.params}, jnp.asarray(x, jnp.float32),
+                           method="diagnostics")
+    return {k: float(v) for k, v in out.items()}
 
 
 def save(model_dir: str, name: str, model_fields: dict, params) -> None:
@@ -65,7 +88,8 @@ def load_density(workdir: str, name: str | None = None) -> TrainedDensity:
                               f"experiments/density_mle.py --workdir={workdir} first")
     with open(results_path) as f:
       rows = json.load(f)["models"]
-    name = min(rows, key=lambda n: float(rows[n]["validation_nll"]))
+    explicit = [n for n in rows if rows[n].get("validation_nll") is not None]
+    name = min(explicit, key=lambda n: float(rows[n]["validation_nll"]))
   model_dir = os.path.join(workdir, "models", name)
   if not os.path.exists(os.path.join(model_dir, "model.json")):
     raise FileNotFoundError(f"no trained model {name!r} in {workdir}/models")
@@ -73,7 +97,7 @@ def load_density(workdir: str, name: str | None = None) -> TrainedDensity:
     spec = json.load(f)
   model = models.get_density_model(spec["name"], **spec["model"])
   abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((4, 2)), method="log_prob"))
+      lambda: init_variables(model, jax.random.key(0), jnp.zeros((4, 2))))
   params = ocp.StandardCheckpointer().restore(
       os.path.join(os.path.abspath(model_dir), "params"), abstract["params"])
   return TrainedDensity(spec["name"], model, params)

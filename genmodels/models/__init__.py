@@ -2,14 +2,21 @@
 
 To add a density model, write a linen module with ``log_prob(x)`` and
 ``sample(rng, n)`` and add one line to ``DENSITY_MODELS``; its config's
-``model`` fields become the module's attributes.
+``model`` fields become the module's attributes. Optional methods:
+``training_loss(x, rng) -> (loss, metrics)`` for a model not trained by
+maximum likelihood, ``eval_metrics(x) -> {name: [N]}`` (with "nll") for more
+held-out columns than the NLL, ``diagnostics(x) -> {name: scalar}`` for the
+results row. An implicit model (samples only) sets ``has_density = False``.
 """
 
 from genmodels.models.autoregressive import AutoregressiveDensity
+from genmodels.models.continuous import Diffusion, FlowMatching
 from genmodels.models.density import Gaussian, GaussianMixture, UniformBox
 from genmodels.models.ebm import EnergyModel
 from genmodels.models.ensemble import EnsembleDensity
 from genmodels.models.flows import RealNVP, SplineFlow
+from genmodels.models.gan import GAN
+from genmodels.models.vae import VAE
 
 DENSITY_MODELS = {
     "box": UniformBox,
@@ -19,9 +26,18 @@ DENSITY_MODELS = {
     "realnvp": RealNVP,
     "spline_flow": SplineFlow,
     "autoregressive": AutoregressiveDensity,
+    "vae": VAE,
+    "gan": GAN,
     "ebm": EnergyModel,
+    "flow_matching": FlowMatching,
+    "diffusion": Diffusion,
     "ensemble": EnsembleDensity,
 }
+
+
+def has_density(model) -> bool:
+  """False for an implicit model (a GAN): samples, no ``log_prob``."""
+  return getattr(model, "has_density", True)
 
 
 def get_density_model(name: str, **kwargs):
