@@ -226,3 +226,46 @@ def test_coarse_to_fine_schedule_counts_steps_and_fades_frequencies_in():
   # Scoring (parameters only) sees every frequency and does not need the counter.
   logits = model.apply({"params": variables["params"]}, x_all[:8])
   assert logits.shape == (8,)
+
+
+def test_interp_uniform_matches_numpy_interp():
+  knots = jnp.asarray(np.sort(np.random.default_rng(0).normal(size=(3, 9)), -1),
+                      jnp.float32)
+  p = jnp.asarray(np.random.default_rng(1).uniform(-0.1, 1.1, 500), jnp.float32)
+  grid = np.linspace(0.0, 1.0, 9)
+  np.testing.assert_allclose(gan.interp_uniform(p, knots[1]),
+                             np.interp(p, grid, knots[1]), atol=1e-6)
+  row = jnp.asarray(np.arange(500) % 3)
+  want = [np.interp(p[i], grid, knots[int(row[i])]) for i in range(500)]
+  np.testing.assert_allclose(gan.interp_uniform(p, knots, row), want, atol=1e-6)
+
+
+def test_banded_generator_starts_at_the_datas_coarse_joint_distribution():
+  """With bands, a fresh G samples latitude from its marginal and longitude from
+  its distribution within each equal-mass band of latitude."""
+  bands = 4
+  model = gan.GAN(generator_hidden=8, generator_depth=1, generator_blocks=1,
+                  generator_frequencies=2, generator_quantiles=64,
+                  generator_bands=bands, discriminator_hidden=8,
+                  discriminator_depth=1, discriminator_frequencies=2)
+  rng = np.random.default_rng(0)
+  lat = rng.uniform(-60.0, 60.0, 20000)
+  lon = np.where(lat > 0, rng.normal(-90, 10, lat.size), rng.normal(60, 20, lat.size))
+  x = jnp.asarray(np.stack([lon, lat], -1), jnp.float32)
+  variables = jax.jit(model.init, static_argnames="method")(
+      jax.random.key(0), x, jax.random.key(0), method="training_loss")
+  assert jax.tree.map(jnp.shape, variables["params"]["generator"])["lon_quantiles"] == (
+      bands, 65)
+  s = np.asarray(jax.jit(lambda v, k: model.apply(v, k, 20000, method="sample"))(
+      {"params": variables["params"]}, jax.random.key(1)), np.float64)
+  assert stats.ks_2samp(s[:, 1], lat).pvalue > 1e-3
+  edges = np.quantile(lat, np.linspace(0, 1, bands + 1))
+  for b in range(bands):
+    lo_, hi_ = edges[b], edges[b + 1]
+    got = s[(s[:, 1] > lo_ + 1) & (s[:, 1] < hi_ - 1), 0]
+    want = lon[(lat > lo_ + 1) & (lat < hi_ - 1)]
+    assert stats.ks_2samp(got, want).pvalue > 1e-3, b
+  # Not the product of the marginals: longitude depends on the hemisphere.
+  assert np.mean(s[s[:, 1] > 1, 0]) < -60 and np.mean(s[s[:, 1] < -1, 0]) > 30
+  # Fewer points than bands (a shapes-only init, as load_density's) still works.
+  assert gan.band_knots(x[:3] / 180.0, 4, 8).shape == (8, 5)
