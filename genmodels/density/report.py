@@ -67,10 +67,13 @@ that only samples, the GAN, which the yardstick alone scores);
 *zero-density test pts*, the share of such points; *land precision*, the share of
 the model's samples that fall on land; *binned KL 1°*, the sample yardstick:
 KL from the data's exact distribution over 1° cells to the histogram of the
-model's samples (add-1/2 smoothing; a perfect sampler scores the floor given in
-``yardstick.yardstick_floor``), and *recall 1°*, the share of the data's mass in
-cells the samples reach (``genmodels/yardstick.py``; results.json also has 4°
-and 0.25° and the recall per continent); *train s*, training seconds
+model's samples (add-1/2 smoothing), with in brackets its floor, what a
+perfect sampler scores with as many samples (``yardstick.yardstick_floor``;
+it falls like 1/N, so compare models by their distance above it), and
+*recall 1°*, the share of the data's mass in cells the samples reach
+(``genmodels/yardstick.py``; results.json also has 4° and 0.25° and the
+recall per continent); *samples*, how many the yardstick used (fewer for the
+models whose samples cost a chain each); *train s*, training seconds
 (evaluations excluded)."""
 
 
@@ -94,6 +97,8 @@ def score(trained, data: world_map.WorldMapData, result, samples) -> dict:
                **yardstick.score_samples(samples),
                "num_params": experiment.num_params(trained.params, trained.model),
                "train_seconds": float(result.train_seconds), "validation_nll": None}
+  # A perfect sampler's score at the same N: the column's zero (it falls like 1/N).
+  row["binned_kl_1deg_floor"] = yardstick.yardstick_floor(len(samples), 1.0).mean
   if not trained.has_density:
     return row
   test, val = result.last("test"), result.last("validation")
@@ -194,15 +199,16 @@ def format_table(rows: dict[str, dict], entropy: float) -> str:
   """The models as a markdown table, in order, each with its branch of chapter 1's taxonomy."""
   lines = [f"True entropy of the data: {entropy:.4f} nats (log land area in deg²).",
            "",
-           "| density | model | params | test NLL (nats) | KL to truth (nats) | zero-density test pts | land precision | binned KL 1° | recall 1° | train s |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| density | model | params | test NLL (nats) | KL to truth (nats) | zero-density test pts | land precision | binned KL 1° (floor) | recall 1° | samples | train s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for name, r in rows.items():
     zero = r["zero_density_fraction"]
     lines.append(
         f"| {branch(name).split()[0]} | {DISPLAY_NAMES.get(name, name)} (`{name}`) | "
         f"{r['num_params']:,} | {_num(r['test_nll'], '.3f')} | {_kl_text(r)} | "
         f"{'—' if zero is None else f'{100 * zero:.3f}%'} | {r['land_precision']:.3f} | "
-        f"{r['binned_kl_1deg']:.3f} | {r['land_recall_1deg']:.3f} | "
+        f"{r['binned_kl_1deg']:.3f} ({r['binned_kl_1deg_floor']:.3f}) | "
+        f"{r['land_recall_1deg']:.3f} | {int(r['num_samples']):,} | "
         f"{r['train_seconds']:.1f} |")
   return "\n".join(lines)
 
