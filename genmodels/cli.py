@@ -83,6 +83,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # pylint: disable=broad-except
     # flags.Error, and whatever a config file's get_config raises.
     text = str(e)
+    key = text.strip().strip("\"'")
+    unknown = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--")
+               and "." in a and a.split("=", 1)[0].rsplit(".", 1)[-1] == key]
+    if unknown:  # a KeyError from an override of a field the config lacks
+      fail(f"unknown config field {unknown[0]}: override only fields the config "
+           "has (see --helpfull)")
     if "Traceback (most recent call last)" in text:  # ml_collections' wrapping
       head = one_line(text.split("Traceback (most recent call last)")[0])
       last = [line for line in text.splitlines() if line.strip()][-1]

@@ -299,16 +299,22 @@ def _manual_dir(path, broken=None):
 
 # Sizes and rates are config fields (``--config.PATH=VALUE``): a case picks,
 # for each name, the last config path ending in it (for the density ladder,
-# the spline flow's, a model that trains).
+# the spline flow's, a model that trains: ``UNIT``).
 POSITIVE_SIZES = ("num_train", "batch_size", "epochs", "num_test", "num_validation")
 SIZES = POSITIVE_SIZES + ("num_steps",)  # 0 steps is valid: a closed-form model
 RATES = ("learning_rate",)
 ZERO_MEANS_ALL = {"classify": ("num_train", "num_test")}  # 0: the whole split
 
 
+# The unit whose fields a case sets, where an entry point has several: one that
+# the default run trains.
+UNIT = {"density_mle": "models.spline_flow."}
+
+
 def _path(name, info):
   paths = sorted(p for p in info["config"] if p == name or p.endswith("." + name))
-  return paths[-1] if paths else None
+  preferred = [p for p in paths if p.startswith(UNIT.get(info["entry"], ""))]
+  return (preferred or paths or [None])[-1]
 
 
 def _size(value):
@@ -387,6 +393,19 @@ def _config_variant(info, tmp):
       "no_such_variant", "valid"]
 
 
+def _bad_model_fields(info, tmp):
+  """A density model's own field out of range, or a field it does not have:
+  caught when the model is built, before the workdir exists."""
+  if not any(p.startswith("models.gan.model.") for p in info["config"]):
+    return None
+  return [(["--model=gan", "--config.models.gan.model.noise_dim=1"], ["gan", "noise_dim"]),
+          (["--model=vae", "--config.models.vae.model.latent_dim=0"], ["vae", "latent_dim"]),
+          (["--model=diffusion", "--config.models.diffusion.model.parameterization=x"],
+           ["diffusion", "parameterization"]),
+          (["--config.models.gmm.model.no_such_field=3"], ["unknown config field",
+                                                            "no_such_field"])]
+
+
 def _config_path(flag_info):
   return flag_info["config"]["default"].strip("'\"")
 
@@ -411,6 +430,7 @@ BAD_INPUT = {
     "data_file_truncated": _manual_dir_case("truncated", ["truncated", "train-images"]),
     "manual_dir_not_a_folder": lambda i, t: "manual_dir" in i["config"] and (
         [f"--config.manual_dir={t / 'nowhere'}"], ["nowhere"]),
+    "bad_model_fields": _bad_model_fields,
     "unknown_config_variant": _config_variant,
     "unknown_config_field": lambda i, t: "config" in i["flags"] and (
         ["--config.no_such_field=1"], ["no_such_field"]),

@@ -18,6 +18,7 @@ Expected: spline_flow reaches a held-out KL of 0.0998 nats (measured 2026-11-28)
 
 import ml_collections
 
+from genmodels import models
 from genmodels.training import experiment
 from genmodels.training import optim
 
@@ -132,6 +133,9 @@ def base() -> ml_collections.ConfigDict:
       "diffusion": _continuous(num_sampling_steps=250, num_samples=100_000),
       "ensemble": _ensemble(),
   })
+  for name, u in c.models.items():  # every field, so that any can be overridden
+    u.model = ml_collections.ConfigDict({**models.default_fields(name),
+                                         **u.model.to_dict()})
   return c
 
 

@@ -91,7 +91,25 @@ def check(config) -> None:
   for key in ("num_train", "num_validation", "num_test", "num_samples"):
     if not 0 < config[key] < float("inf"):
       raise ValueError(f"{key} must be a positive number, got {config[key]}")
-  model_names(config)
+  for name in model_names(config):
+    check_model(name, config.models[name].model.to_dict())
+
+
+def check_model(name: str, fields: dict) -> None:
+  """Builds the model and traces (no compute) its init, log_prob and sample, so
+  that a bad field fails here, in one line, before any workdir exists."""
+  model = models.get_density_model(name, **fields)
+  x, key = jnp.zeros((8, 2), jnp.float32), jax.random.key(0)
+  try:
+    variables = jax.eval_shape(lambda: trained_lib.init_variables(model, key, x))
+    params = {"params": variables["params"]}
+    if models.has_density(model):
+      jax.eval_shape(lambda p: model.apply(p, x, method="log_prob"), params)
+    jax.eval_shape(lambda p: model.apply(p, key, 8, method="sample"), params)
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"model {name!r} cannot be built from its fields "
+                     f"(config.models.{name}.model): {first}") from None
 
 
 def unit_configs(config) -> dict:

@@ -9,6 +9,8 @@ held-out columns than the NLL, ``diagnostics(x) -> {name: scalar}`` for the
 results row. An implicit model (samples only) sets ``has_density = False``.
 """
 
+import dataclasses
+
 from genmodels.models.autoregressive import AutoregressiveDensity
 from genmodels.models.continuous import Diffusion, FlowMatching
 from genmodels.models.density import Gaussian, GaussianMixture, UniformBox
@@ -40,8 +42,23 @@ def has_density(model) -> bool:
   return getattr(model, "has_density", True)
 
 
+def default_fields(name: str) -> dict:
+  """The module attributes of density model ``name`` that have defaults, with them."""
+  cls = DENSITY_MODELS[name]
+  fixed = {}
+  if name == "gaussian_diag":
+    cls, fixed = Gaussian, {"diagonal"}
+  return {f.name: f.default for f in dataclasses.fields(cls)
+          if f.name not in {"parent", "name", *fixed}
+          and f.default is not dataclasses.MISSING}
+
+
 def get_density_model(name: str, **kwargs):
   if name not in DENSITY_MODELS:
     raise ValueError(f"unknown density model {name!r}; valid: "
                      f"{', '.join(DENSITY_MODELS)}")
-  return DENSITY_MODELS[name](**kwargs)
+  try:
+    return DENSITY_MODELS[name](**kwargs)
+  except TypeError as e:  # an unknown attribute: name the valid ones
+    raise ValueError(f"density model {name!r}: {e}; its fields: "
+                     f"{', '.join(default_fields(name)) or '(none)'}") from None

@@ -310,6 +310,9 @@ class VAE(nn.Module):
   iwae_chunk: int = 32
 
   def setup(self):
+    for field in ("latent_dim", "hidden", "iwae_samples", "iwae_chunk"):
+      if int(getattr(self, field)) < 1:
+        raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
     self.encoder = Encoder(self.latent_dim, self.hidden, self.encoder_depth,
                            self.num_frequencies, self.full_covariance,
                            self.min_scale, self.encoder_init_scale)
