@@ -318,21 +318,21 @@ class KillScenario:
 _DENSITY = {}
 
 
-def _density_args(num_steps=NUM_STEPS):
-  return [f"--model={MODEL}", "--config=genmodels/density/config.py:smoke",
+def _density_args(num_steps=NUM_STEPS, model=MODEL):
+  return [f"--model={model}", "--config=genmodels/density/config.py:smoke",
           "--progress=false", "--figures=false",
-          f"--config.models.{MODEL}.train.num_steps={num_steps}",
-          f"--config.models.{MODEL}.train.checkpoint_every={EVERY}",
-          f"--config.models.{MODEL}.train.log_every={EVERY}",
-          f"--config.models.{MODEL}.train.steps_per_dispatch=1"]
+          f"--config.models.{model}.train.num_steps={num_steps}",
+          f"--config.models.{model}.train.checkpoint_every={EVERY}",
+          f"--config.models.{model}.train.log_every={EVERY}",
+          f"--config.models.{model}.train.steps_per_dispatch=1"]
 
 
-def _density_scenario(sig=signal.SIGKILL):
-  if sig not in _DENSITY:
-    _DENSITY[sig] = KillScenario(
-        "density_mle.py", _density_args(), f"models/{MODEL}/checkpoints",
+def _density_scenario(sig=signal.SIGKILL, model=MODEL):
+  if (sig, model) not in _DENSITY:
+    _DENSITY[sig, model] = KillScenario(
+        "density_mle.py", _density_args(model=model), f"models/{model}/checkpoints",
         kill_after=3 * EVERY, final_step=NUM_STEPS, sig=sig)
-  return _DENSITY[sig]
+  return _DENSITY[sig, model]
 
 
 def start_early(items):
@@ -353,6 +353,20 @@ def test_density_mle_stopped_mid_run_then_resume_equals_uninterrupted(sig):
     assert _without_timing(got["models"][MODEL]) == _without_timing(want["models"][MODEL])
     _assert_same_params(density_trained.load_density(str(scenario.run_dir), MODEL).params,
                         density_trained.load_density(str(scenario.ref_dir), MODEL).params)
+  finally:
+    scenario.stop()
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_two_player_and_latent_models_sigkill_then_resume_equals_uninterrupted(model):
+  """kill -9 mid-run, then resume: the VAE, and the GAN with its two optimizers
+  and its coarse-to-fine step counter (a mutable collection), end bitwise equal."""
+  scenario = _density_scenario(signal.SIGKILL, model)
+  try:
+    got, want, _ = scenario.finish()
+    assert _without_timing(got["models"][model]) == _without_timing(want["models"][model])
+    _assert_same_params(density_trained.load_density(str(scenario.run_dir), model).params,
+                        density_trained.load_density(str(scenario.ref_dir), model).params)
   finally:
     scenario.stop()
 
