@@ -166,6 +166,11 @@ def taxonomy_figure(branches: Sequence[tuple[str, Sequence[tuple[str, np.ndarray
   return fig
 
 
+def taxonomy_map(branches, path: str, title: str = ""):
+  """``taxonomy_figure`` saved to ``path`` (PNG)."""
+  return _save(taxonomy_figure(branches, title=title), path)
+
+
 def density_map(log_prob_fn: Callable[[np.ndarray], np.ndarray], path: str,
                 title: str = "", cells_per_degree: int = 2,
                 clip_percentile: float | None = 99.0, log_scale: bool = False,

@@ -175,9 +175,8 @@ def taxonomy_figure(workdir: str, names) -> str | None:
       branches.append((b, panels))
   if not branches:
     return None
-  fig = plotting.taxonomy_figure(
-      branches, title="Chapter 1's taxonomy on the world map")
-  return plotting._save(fig, os.path.join(fig_dir, "taxonomy.png"))  # pylint: disable=protected-access
+  return plotting.taxonomy_map(branches, os.path.join(fig_dir, "taxonomy.png"),
+                               title="Chapter 1's taxonomy on the world map")
 
 
 def _kl_text(r: dict) -> str:
