@@ -78,8 +78,9 @@ DRIVER = textwrap.dedent(r'''
       config.validate(len(next(iter(train_data.values()))))
       raise ReachedTraining()
 
-    def fake_images(name, split, data_dir=None, manual_dir=None):
+    def fake_images(name, split, data_dir=None, manual_dir=None, limit=0):
       n = 300 if split.startswith("train") else 100
+      n = min(n, limit) if limit else n
       rng = np.random.default_rng(0)
       return images.ImageData(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
                               rng.integers(0, 10, n).astype(np.int32), 10,

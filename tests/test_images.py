@@ -132,6 +132,12 @@ def test_real_fashion_mnist(tmp_path):
   assert builder.info.splits["train"].num_examples == 60_000
   head = load_image_dataset("fashion_mnist_offline", "train[:500]", data_dir=str(tmp_path))
   np.testing.assert_array_equal(head.images[..., 0], read_idx(f"{FASHION_DIR}/train-images-idx3-ubyte.gz")[:500])
+  # limit reads the first examples only; beyond the split's size it keeps them all.
+  first = load_image_dataset("fashion_mnist_offline", "train", data_dir=str(tmp_path), limit=500)
+  np.testing.assert_array_equal(first.images, head.images)
+  np.testing.assert_array_equal(first.labels, head.labels)
+  whole = load_image_dataset("fashion_mnist_offline", "test", data_dir=str(tmp_path), limit=20_000)
+  np.testing.assert_array_equal(whole.images, test.images)
 
 
 # ------------------------------------------------- the real tfds path

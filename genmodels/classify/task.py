@@ -149,9 +149,11 @@ def num_examples(config) -> int | None:
 
 def load_data(config) -> tuple[images_lib.ImageData, images_lib.ImageData]:
   kwargs = dict(data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
-  train = images_lib.load_image_dataset(config.dataset, "train", **kwargs)
-  test = images_lib.load_image_dataset(config.dataset, "test", **kwargs)
-  return (images_lib.take(train, config.num_train), images_lib.take(test, config.num_test))
+  # num_train / num_test > 0: only the first examples are read and decoded.
+  return (images_lib.load_image_dataset(config.dataset, "train", limit=config.num_train,
+                                        **kwargs),
+          images_lib.load_image_dataset(config.dataset, "test", limit=config.num_test,
+                                        **kwargs))
 
 
 def make_task(config, data, options=experiment.Options()) -> experiment.Task:

@@ -58,13 +58,6 @@ class ImageData:
   class_names: tuple[str, ...]
 
 
-def take(data: ImageData, n: int) -> ImageData:
-  """The first ``n`` examples (all of them for n = 0)."""
-  if not n:
-    return data
-  return ImageData(data.images[:n], data.labels[:n], data.num_classes, data.class_names)
-
-
 # ---------------------------------------------------------------- IDX files
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4",
@@ -253,19 +246,22 @@ def _read_all(source) -> list:
 
 
 def load_image_dataset(name: str, split: str, data_dir: str | None = None,
-                       manual_dir: str | None = None) -> ImageData:
+                       manual_dir: str | None = None, limit: int = 0) -> ImageData:
   """Loads a tfds image-classification split (e.g. 'train', 'test[:10%]') into memory.
 
   Prepares the dataset in `data_dir` on first use (downloading it, or for
   `fashion_mnist_offline` reading `manual_dir`), then reads it back through
-  `tfds.data_source`.
+  `tfds.data_source`. ``limit`` > 0 keeps the split's first ``limit`` examples
+  (all of them if it has fewer), reading and decoding only those.
   """
   if manual_dir is None:
     manual_dir = OFFLINE_DATASETS.get(name)
   if manual_dir is not None and not os.path.isdir(manual_dir):
     raise ValueError(f"manual_dir {manual_dir} for {name!r} is not a folder; "
                      "pass the folder that holds the dataset files")
-  prepare(name, data_dir, manual_dir)
+  builder = prepare(name, data_dir, manual_dir)
+  if limit and "[" not in split and limit < builder.info.splits[split].num_examples:
+    split = f"{split}[:{int(limit)}]"
   source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
   features = source.dataset_info.features

@@ -234,6 +234,7 @@ def batched(fn: Callable, *arrays: np.ndarray, batch_size: int = 1024) -> np.nda
   once.
   """
   n = len(arrays[0])
+  batch_size = max(1, min(batch_size, n))  # a small input is not padded to a whole batch
   out = []
   for start in range(0, n, batch_size):
     chunk = [np.asarray(a[start:start + batch_size]) for a in arrays]

@@ -105,6 +105,7 @@ def evaluate(eval_step: Callable, variables: Any, data: dict[str, np.ndarray],
              batch_size: int, mesh=None) -> dict[str, float]:
   """Means of per-example metrics over a whole split (padded last batch, masked)."""
   n = len(next(iter(data.values())))
+  batch_size = min(batch_size, n)  # a small split is not padded to a whole batch
   if mesh is not None:  # Batches must split evenly over the devices.
     batch_size = -(-batch_size // mesh.size) * mesh.size
   sums: dict[str, float] = {}
