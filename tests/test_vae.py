@@ -18,6 +18,7 @@ from scipy import special
 from scipy import stats
 
 from genmodels.density import task
+from genmodels.models import gaussians
 from genmodels.models import vae
 from genmodels.training import optim
 from genmodels.training import steps
@@ -46,21 +47,21 @@ def _perturb(params, seed, scale):
 def test_gaussian_helpers_match_scipy(full):
   rng = np.random.default_rng(1)
   dim = 3
-  raw = rng.normal(size=(5, vae.num_cholesky_params(dim, full))).astype(np.float32)
-  chol = np.asarray(vae.cholesky_from_raw(jnp.asarray(raw), dim, full, 0.1), np.float64)
+  raw = rng.normal(size=(5, gaussians.num_cholesky_params(dim, full))).astype(np.float32)
+  chol = np.asarray(gaussians.cholesky_from_raw(jnp.asarray(raw), dim, full, 0.1), np.float64)
   assert np.allclose(np.triu(chol, 1), 0.0)
   assert np.all(np.diagonal(chol, axis1=-2, axis2=-1) > 0.1)
   if not full:
     assert np.allclose(chol, np.eye(dim) * np.diagonal(chol, axis1=-2, axis2=-1)[:, None])
   mean = rng.normal(size=(5, dim))
   x = rng.normal(size=(5, dim))
-  got = np.asarray(vae.gaussian_log_prob(jnp.asarray(x, jnp.float32),
+  got = np.asarray(gaussians.gaussian_log_prob(jnp.asarray(x, jnp.float32),
                                          jnp.asarray(mean, jnp.float32),
                                          jnp.asarray(chol, jnp.float32)))
   cov = chol @ np.swapaxes(chol, -1, -2)
   want = [stats.multivariate_normal(mean[i], cov[i]).logpdf(x[i]) for i in range(5)]
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-  kl = np.asarray(vae.kl_to_standard_normal(jnp.asarray(mean, jnp.float32),
+  kl = np.asarray(gaussians.kl_to_standard_normal(jnp.asarray(mean, jnp.float32),
                                             jnp.asarray(chol, jnp.float32)))
   want_kl = [0.5 * (np.trace(cov[i]) + mean[i] @ mean[i] - dim
                     - np.log(np.linalg.det(cov[i]))) for i in range(5)]
@@ -69,7 +70,7 @@ def test_gaussian_helpers_match_scipy(full):
 
 def test_gaussian_sample_has_the_covariance():
   chol = jnp.array([[0.5, 0.0], [0.3, 0.2]])
-  z = vae.gaussian_sample(jax.random.key(0), jnp.array([1.0, -2.0]), chol, (200_000,))
+  z = gaussians.gaussian_sample(jax.random.key(0), jnp.array([1.0, -2.0]), chol, (200_000,))
   np.testing.assert_allclose(np.mean(np.asarray(z), 0), [1.0, -2.0], atol=0.01)
   np.testing.assert_allclose(np.cov(np.asarray(z).T), chol @ chol.T, atol=0.01)
 

@@ -32,25 +32,21 @@ map's held-out NLL by < 0.005 nats against 32).
   of the slightly noised data is taken as the model's density) to logsnr_min
   (nearly pure noise, base N(0, I)).
 
-What makes the likelihoods good in ~5 minutes of 2 CPU cores (world map,
-held-out KL to the truth; each change measured at equal compute):
+What makes the likelihoods good in a few minutes of 2 CPU cores (each change
+measured at equal compute on the world map's held-out KL: docs/notes.md):
 
 * the stable target (``stable_target``, both models): the regression target is
   replaced by its posterior mean given u_t over the batch, which removes most
-  of the loss's variance at high noise (flow matching 0.23 -> 0.18 nats);
+  of the loss's variance at high noise;
 * noise-damped Fourier features (``blur_features``, both): a frequency f of u_t
   is damped by exp(-(f s)^2 / 2), s the noise level, exactly as noise damps it
-  in the noisy density, so the field is smooth where it should be (flow
-  matching 0.154 -> 0.117, diffusion 0.19 -> 0.08 on validation points);
-* for diffusion, the noise predictor is parameterised as eps = sigma u_t +
-  alpha F(u_t, t) (``parameterization="skip"``, EDM's preconditioning), so the
-  ODE's velocity -alpha sigma F / 2 vanishes at both ends of the schedule, and
-  the noise levels are drawn uniformly in lambda (``time_sampling="logsnr"``,
-  the ELBO weighting): with the book's plain eps network, uniform t and lambda
-  down to -10, errors at the barely trained pure-noise end accumulate along
-  the ODE (KL 1.0). ``parameterization="eps"``, ``time_sampling="cosine"``,
-  ``stable_target=False`` and ``blur_features=False`` give the book's plain
-  recipe.
+  in the noisy density, so the field is smooth where it should be;
+* for diffusion, eps = sigma u_t + alpha F(u_t, t) (``parameterization="skip"``,
+  EDM's preconditioning: the ODE's velocity -alpha sigma F / 2 vanishes at both
+  ends of the schedule) with noise levels uniform in lambda
+  (``time_sampling="logsnr"``, the ELBO weighting). ``parameterization="eps"``,
+  ``time_sampling="cosine"``, ``stable_target=False`` and
+  ``blur_features=False`` give the book's plain recipe.
 
 Coordinates: the networks work in standardised units u = (x - loc) / scale;
 the change of variables adds -sum(log scale) to every log-density. The defaults

@@ -67,22 +67,7 @@ KL of 0.87 at 1 degree with D at chance):
   precision 0.63 / 0.79 / 0.86 / 0.90): from B = 16 the start is a histogram
   estimate, better at 1 degree than any trained GAN here, so B stays coarse.
 
-**Measured** (the config: B = 8, G with 32 frequencies; 12,000 steps, 1,000,000
-samples; binned KL at 1 degree / land precision / land recall at 1 degree). A
-GAN run is chaotic: moving G's warm-up by one step (200, 201, 202) gives three
-draws of one recipe. This recipe: 0.34 / 0.92 / 0.98, 0.50 / 0.91 / 0.97,
-0.37 / 0.92 / 0.97 (at 4 degrees 0.21-0.38); 86 s of training on 2 idle CPU
-cores. G with 16 frequencies (B = 8): 0.42, 0.50, 0.47; the product start (B =
-0, 16 frequencies, 78 s): 0.51, 0.95 (a continent starved), 0.49. G's finer
-warps matter since training loses to the start at fine scales (B = 8: 0.33
-untrained): it gains land precision (0.79 to 0.92), loses mass at the coasts.
-Single draws that
-did not beat these (B = 0 unless said): batch 512 (0.54, twice the time), R1
-weight 1e-2 / 3e-4 (0.63 / 0.54), three warp blocks (0.68), D with 64
-frequencies (0.57), coarse to fine over 11,000 steps (0.47, 0.72, 0.49; with
-B = 8: 0.55, 0.42, 0.68), 18,000 steps (B = 8: 0.54). An exponential moving
-average of G's weights (decay 0.999) scored 0.52 against its run's 0.51: the
-cosine decay of the rates already averages.
+Measured scores and the variants tried, with their spread over draws: docs/notes.md.
 """
 
 from typing import Callable, Sequence
