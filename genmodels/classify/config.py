@@ -38,7 +38,7 @@ def cnn() -> ml_collections.ConfigDict:
   c.tta_flip = False  # evaluate on each image and its mirror image
   c.train = experiment.train_config(
       epochs=10, batch_size=32, unit="epoch", log_every=1, eval_every=1,
-      checkpoint_every=1, eval_batch_size=1000, steps_per_dispatch=25)
+      checkpoint_every=1, eval_batch_size=250, steps_per_dispatch=25)
   c.optimizer = optim.optimizer_config(name="adam", learning_rate=5e-4)
   return c
 

@@ -27,7 +27,8 @@ def row(config, model, result, train, test, workdir, options, log_probs_fn) -> d
   }
   if options.figures:
     predict = jax.jit(lambda x: jnp.argmax(log_probs_fn(variables, x), -1))
-    pred = experiment.batched(predict, test.images, batch_size=2048)
+    pred = experiment.batched(predict, test.images,
+                              batch_size=int(config.train.eval_batch_size))
     fig_dir = os.path.join(workdir, "figures")
     plotting.training_curves(result.history, f"{fig_dir}/learning_curves.png",
                              keys=["loss", "accuracy"],
