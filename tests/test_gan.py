@@ -43,7 +43,8 @@ def _model(r1_weight=0.5, coarse_to_fine_steps=0):
                   generator_frequencies=3, generator_quantiles=16,
                   discriminator_hidden=16, discriminator_depth=2,
                   discriminator_frequencies=3, r1_weight=r1_weight, box_weight=2.0,
-                  coarse_to_fine_steps=coarse_to_fine_steps)
+                  coarse_to_fine_steps=coarse_to_fine_steps,
+                  rejection_quantile=0.0)  # the generator's own samples
   x_all = _points(3000)
   key = jax.random.key(0)
   variables = jax.jit(model.init, static_argnames="method")(
@@ -166,6 +167,24 @@ def test_samples_have_the_right_shape_and_stay_in_the_box():
     assert stats.ks_2samp(s[:, i], np.asarray(x_all[:, i])).pvalue > 1e-3
 
 
+def test_rejection_sampling_keeps_more_of_what_the_discriminator_scores_high():
+  """With rejection_quantile > 0, sample keeps G's points by D's logit: the
+  samples' mean logit rises above the generator's own, all in the box."""
+  model, _, _, params = _model()
+  logit = lambda x: np.asarray(model.apply({"params": params}, jnp.asarray(x)))
+  draws = {}
+  for q in (0.0, 0.999):
+    m = model.clone(rejection_quantile=q)
+    draws[q] = np.asarray(jax.jit(lambda p, k: m.apply({"params": p}, k, 20_000,
+                                                       method="sample"))(params, jax.random.key(4)))
+    assert draws[q].shape == (20_000, 2)
+    assert np.all(draws[q] >= np.asarray(LO)) and np.all(draws[q] <= np.asarray(HI))
+  plain, kept = logit(draws[0.0]), logit(draws[0.999])
+  # Kept with probability exp(D - M): the kept points' logits sit higher by
+  # about Var(D) for a narrow spread of D (the tilted mean).
+  assert kept.mean() - plain.mean() > 0.5 * plain.var(), (kept.mean(), plain.mean(), plain.var())
+
+
 def test_log_prob_raises_a_one_line_value_error():
   model, x_all, variables, _ = _model()
   with pytest.raises(ValueError, match="implicit model: it has no log_prob") as err:
@@ -247,7 +266,8 @@ def test_banded_generator_starts_at_the_datas_coarse_joint_distribution():
   model = gan.GAN(generator_hidden=8, generator_depth=1, generator_blocks=1,
                   generator_frequencies=2, generator_quantiles=64,
                   generator_bands=bands, discriminator_hidden=8,
-                  discriminator_depth=1, discriminator_frequencies=2)
+                  discriminator_depth=1, discriminator_frequencies=2,
+                  rejection_quantile=0.0)  # the generator's own start
   rng = np.random.default_rng(0)
   lat = rng.uniform(-60.0, 60.0, 20000)
   lon = np.where(lat > 0, rng.normal(-90, 10, lat.size), rng.normal(60, 20, lat.size))

@@ -77,6 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genmodels.models import rejection
 from genmodels.models.features import fourier_features
 
 Array = jax.Array
@@ -301,6 +302,9 @@ class GAN(nn.Module):
     box_weight: weight of G's penalty on its raw output beyond the box.
     coarse_to_fine_steps: steps over which D's frequencies fade in from
       COARSE_START to all (0: all from the start). About 2/3 of the run.
+    rejection_quantile: > 0: ``sample`` keeps G's points with probability
+      exp(D - M), M this quantile of D (discriminator rejection sampling,
+      ``rejection.py``); 0: G's points as they come.
   """
   has_density = False  # implicit: scored by the sample yardstick alone
 
@@ -319,6 +323,7 @@ class GAN(nn.Module):
   r1_weight: float = 1e-3
   box_weight: float = 100.0
   coarse_to_fine_steps: int = 8000
+  rejection_quantile: float = 0.999
 
   def setup(self):
     if self.coarse_to_fine_steps:
@@ -392,8 +397,16 @@ class GAN(nn.Module):
     return COARSE_START + (k - COARSE_START) * progress
 
   def sample(self, rng: Array, n: int) -> Array:
-    """n points [n, 2] in data units: G(eps), eps ~ N(0, I)."""
-    return self.from_unit(fold_into_box(self.generator(self.noise(rng, n))))
+    """n points [n, 2] in data units: G(eps), eps ~ N(0, I), kept by D's
+    rejection rule when ``rejection_quantile`` > 0."""
+    propose = lambda key, m: fold_into_box(self.generator(self.noise(key, m)))
+    if not self.rejection_quantile or self.is_initializing():
+      u = propose(rng, n)
+      if self.is_initializing():
+        self.discriminator(u)
+      return self.from_unit(u)
+    return self.from_unit(rejection.rejection_sample(
+        rng, propose, self.discriminator, n, self.rejection_quantile))
 
   def log_prob(self, x: Array) -> Array:
     raise ValueError(NO_DENSITY)
