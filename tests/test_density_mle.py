@@ -318,3 +318,16 @@ def test_load_density_by_name_and_bad_input(e2e, world):
   with pytest.raises(FileNotFoundError):
     genmodels.load_density(str(workdir.parent / "missing"))
   assert os.path.exists(workdir / "models" / "box" / "model.json")
+
+
+def test_model_lists_mix_names_and_groups_each_model_once():
+  from genmodels.density import task as density_task  # pylint: disable=g-import-not-at-top
+  config = _smoke_config()
+  config.model = "ladder,vae,gan,gmm"
+  assert density_task.model_names(config) == list(density_config.LADDER) + ["vae", "gan"]
+  config.model = "gan, taxonomy"
+  assert density_task.model_names(config) == ["gan"] + [
+      m for m in density_config.TAXONOMY if m != "gan"]
+  config.model = "ladder,nope"
+  with pytest.raises(ValueError, match="unknown --model 'nope'"):
+    density_task.model_names(config)

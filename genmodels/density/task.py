@@ -70,20 +70,22 @@ def density_eval(model: nn.Module):
 
 
 def model_names(config) -> list[str]:
-  """The models ``config.model`` asks for, in order ("ladder": all of them)."""
-  if config.model == "ladder":
-    return list(config_lib.LADDER)
-  if config.model == "taxonomy":
-    return list(config_lib.TAXONOMY)
-  names = [n.strip() for n in config.model.split(",") if n.strip()]
+  """The models ``config.model`` asks for, in order: names and the groups
+  "ladder" and "taxonomy", comma-separated (e.g. "ladder,vae,gan"), each
+  model once."""
+  groups = {"ladder": config_lib.LADDER, "taxonomy": config_lib.TAXONOMY}
   valid = f"ladder, taxonomy, {', '.join(models.DENSITY_MODELS)}"
+  names = []
+  for name in (n.strip() for n in config.model.split(",")):
+    for member in groups.get(name, [name] if name else []):
+      if member not in models.DENSITY_MODELS:
+        raise ValueError(f"unknown --model {member!r}; valid: {valid}")
+      if member not in config.models:
+        raise ValueError(f"model {member!r} has no config in config.models: add one")
+      if member not in names:
+        names.append(member)
   if not names:
     raise ValueError(f"--model names no model; valid: {valid}")
-  for name in names:
-    if name not in models.DENSITY_MODELS:
-      raise ValueError(f"unknown --model {name!r}; valid: {valid}")
-    if name not in config.models:
-      raise ValueError(f"model {name!r} has no config in config.models: add one")
   return names
 
 
