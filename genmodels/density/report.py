@@ -28,7 +28,7 @@ DISPLAY_NAMES = {
     "spline_flow": "rational-quadratic spline flow",
     "autoregressive": "autoregressive p(lat) p(lon∣lat)",
     "vae": "VAE (IWAE bound)",
-    "gan": "GAN (non-saturating, R1)",
+    "gan": "GAN (non-saturating, R1; rejection-sampled)",
     "ebm": "energy-based model (CD, Langevin)",
     "flow_matching": "flow matching (continuous flow)",
     "diffusion": "diffusion (DDPM, probability-flow ODE)",
