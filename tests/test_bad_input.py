@@ -400,6 +400,8 @@ def _bad_model_fields(info, tmp):
   if not any(p.startswith("models.gan.model.") for p in info["config"]):
     return None
   return [(["--model=gan", "--config.models.gan.model.noise_dim=1"], ["gan", "noise_dim"]),
+          (["--model=gan", "--config.models.gan.model.rejection_quantile=1.5"],
+           ["gan", "rejection_quantile"]),
           (["--model=vae", "--config.models.vae.model.latent_dim=0"], ["vae", "latent_dim"]),
           (["--model=diffusion", "--config.models.diffusion.model.parameterization=x"],
            ["diffusion", "parameterization"]),

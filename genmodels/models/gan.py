@@ -326,6 +326,9 @@ class GAN(nn.Module):
   rejection_quantile: float = 0.999
 
   def setup(self):
+    if not 0.0 <= self.rejection_quantile <= 1.0:  # NaN fails too
+      raise ValueError(f"rejection_quantile must be in [0, 1] (0: no rejection), "
+                       f"got {self.rejection_quantile}")
     if self.coarse_to_fine_steps:
       self.counter = StepCounter()
     self.generator = Generator(self.noise_dim, self.generator_hidden,
