@@ -53,7 +53,11 @@ def rejection_sample(rng: Array, propose: Callable[[Array, int], Array],
     _, count, i = carry
     return (count < n) & (i < max_rounds)
 
-  out = propose(loop_key, n)  # only rows never filled keep these
-  out, _, _ = jax.lax.while_loop(more, body, (out, jnp.zeros((), jnp.int32),
-                                              jnp.zeros((), jnp.int32)))
-  return out
+  x0 = propose(pilot_key, 1)  # shape and dtype of a proposal
+  out = jnp.zeros((n, *x0.shape[1:]), x0.dtype)
+  out, count, _ = jax.lax.while_loop(more, body, (out, jnp.zeros((), jnp.int32),
+                                                  jnp.zeros((), jnp.int32)))
+  # Only when max_rounds ran out: the rows never filled take plain proposals.
+  fill = lambda out: jnp.where((jnp.arange(n) >= count)[:, None],
+                               propose(loop_key, n), out)
+  return jax.lax.cond(count < n, fill, lambda out: out, out)
