@@ -73,3 +73,34 @@ def test_samples_come_from_both_members_and_stay_in_the_box(ensemble):
   assert np.all((s >= [-180, -90]) & (s <= [180, 90]))
   assert model.num_free_params(params) == sum(
       np.size(v) for v in jax.tree.leaves(params))
+
+
+def test_a_member_with_its_own_loss_trains_on_it_with_its_own_rng():
+  """An energy member trained by MLE (its own ``training_loss``, log Z by
+  Monte Carlo) gets exactly its own loss's gradient at rng fold_in(rng, i);
+  the likelihood member beside it still gets its NLL's."""
+  members = {"ar": MEMBERS["ar"],
+             "energy": {"name": "ebm", "hidden": 8, "depth": 1, "num_frequencies": 2,
+                        "head": "log_sigmoid", "training": "mle",
+                        "normalizer_cells": (8, 4), "quadrature_cells": (36, 18)}}
+  model = models.get_density_model("ensemble", members=members)
+  x = jnp.asarray(np.random.default_rng(0).uniform([-180, -90], [180, 90], (256, 2)),
+                  jnp.float32)
+  rng = jax.random.key(7)
+  params = model.init(jax.random.key(0), x, rng, method="training_loss")["params"]
+  (_, metrics), grads = jax.value_and_grad(
+      lambda p: model.apply({"params": p}, x, rng, method="training_loss"),
+      has_aux=True)(params)
+  assert {"nll_ar", "nll_energy"} <= set(metrics) and "nll" not in metrics
+  energy = models.get_density_model("ebm", **{k: v for k, v in members["energy"].items()
+                                              if k != "name"})
+  own = jax.grad(lambda p: energy.apply({"params": p}, x, jax.random.fold_in(rng, 1),
+                                        method="training_loss")[0])(params["energy"])
+  for a, b in zip(jax.tree.leaves(grads["energy"]), jax.tree.leaves(own)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  ar = models.get_density_model("autoregressive", **{k: v for k, v in MEMBERS["ar"].items()
+                                                     if k != "name"})
+  nll = jax.grad(lambda p: -jnp.mean(ar.apply({"params": p}, x, method="log_prob")))(
+      params["ar"])
+  for a, b in zip(jax.tree.leaves(grads["ar"]), jax.tree.leaves(nll)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -9,10 +9,11 @@ densities whose errors are partly independent cancels part of that noise:
 by Jensen's inequality the mixture's expected NLL is never worse than the
 members' average, and it is better by as much as the members disagree.
 
-Each member is trained by its own maximum likelihood on the same batches
-(``training_loss`` is the sum of the members' NLLs, so no member sees another's
-gradient) and may have its own optimizer (a block of blocks keyed by member
-name). ``log_prob`` is exact: log of the mean of the members' densities.
+Each member is trained by its own loss on the same batches (``training_loss``
+is the sum of the members' losses, so no member sees another's gradient): its
+NLL, or its own ``training_loss`` where it has one (an energy model's, with
+its own rng), and may have its own optimizer (a block of blocks keyed by
+member name). ``log_prob`` is exact: log of the mean of the members' densities.
 """
 
 from typing import Any, Mapping
@@ -53,13 +54,24 @@ class EnsembleDensity(nn.Module):
     return jax.nn.logsumexp(self.member_log_probs(x), axis=0) - np.log(len(self.members))
 
   def training_loss(self, x: Array, rng: Array):
-    """The sum of the members' own mean NLLs; metrics per member and for the mixture."""
-    del rng
-    lp = self.member_log_probs(x)
-    member_nll = -jnp.mean(lp, axis=1)
-    metrics = {f"nll_{key}": member_nll[i] for i, key in enumerate(self.members)}
-    metrics["nll"] = -jnp.mean(jax.nn.logsumexp(lp, axis=0) - np.log(len(self.members)))
-    return jnp.sum(member_nll), metrics
+    """The sum of the members' own losses: the mean NLL, or the member's
+    ``training_loss(x, fold_in(rng, i))`` where it has one. Metrics per member,
+    and the mixture's NLL when every member is trained by its NLL."""
+    losses, metrics, log_probs = [], {}, []
+    for i, key in enumerate(self.members):
+      part = self._part(key)
+      if hasattr(part, "training_loss"):
+        loss, own = part.training_loss(x, jax.random.fold_in(rng, i))
+        metrics.update({f"{name}_{key}": v for name, v in own.items()})
+      else:
+        log_probs.append(part.log_prob(x))
+        loss = -jnp.mean(log_probs[-1])
+        metrics[f"nll_{key}"] = loss
+      losses.append(loss)
+    if len(log_probs) == len(self.members):
+      metrics["nll"] = -jnp.mean(jax.nn.logsumexp(jnp.stack(log_probs), axis=0)
+                                 - np.log(len(self.members)))
+    return sum(losses), metrics
 
   def sample(self, rng: Array, n: int) -> Array:
     """Each point from a member chosen uniformly."""
