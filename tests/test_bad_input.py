@@ -405,6 +405,9 @@ def _bad_model_fields(info, tmp):
           (["--model=vae", "--config.models.vae.model.latent_dim=0"], ["vae", "latent_dim"]),
           (["--model=diffusion", "--config.models.diffusion.model.parameterization=x"],
            ["diffusion", "parameterization"]),
+          (["--model=ebm", "--config.models.ebm.model.head=sigmoid"], ["ebm", "head"]),
+          (["--model=histogram", "--config.models.histogram.model.tv_weight=-1"],
+           ["histogram", "tv_weight"]),
           (["--config.models.gmm.model.no_such_field=3"], ["unknown config field",
                                                             "no_such_field"])]
 

@@ -37,7 +37,7 @@ from genmodels.training import optim
 from genmodels.training import steps as steps_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-E2E_MODELS = ("box", "gaussian_full", "spline_flow", "vae", "gan")
+E2E_MODELS = ("box", "gaussian_full", "spline_flow", "vae", "gan", "histogram")
 ROW_KEYS = {"test_nll", "kl_to_truth", "zero_density_fraction", "land_precision",
             "num_params", "train_seconds"}
 DATA_MEAN = np.array([3.0, -2.0])

@@ -25,7 +25,7 @@ from genmodels.training import optim
 LADDER = ("box", "gaussian_diag", "gaussian_full", "gmm", "realnvp", "spline_flow")
 # Chapter 1's taxonomy on the same map: the ladder, then one model per family.
 TAXONOMY = LADDER + ("autoregressive", "flow_matching", "vae", "ebm", "diffusion",
-                     "gan", "ensemble")
+                     "gan", "ensemble", "histogram", "ebm_tv")
 
 
 def _unit(num_steps=0, learning_rate=3e-3, weight_decay=0.0, batch_size=1024, **model):
@@ -39,11 +39,14 @@ def _unit(num_steps=0, learning_rate=3e-3, weight_decay=0.0, batch_size=1024, **
 
 
 def _ebm() -> ml_collections.ConfigDict:
-  """Chapter 7: contrastive divergence with Langevin samples from a replay buffer.
+  """Chapter 7: contrastive divergence with Langevin samples from a replay buffer,
+  on a soft-indicator energy (exp(-E) = sigmoid(f): 0.082 nats against 0.085
+  with the book's linear head).
 
   Its samples cost a Langevin chain each: the yardstick uses 100,000.
   """
-  u = _unit(num_steps=2500, learning_rate=2e-3, batch_size=512, sample_steps=50)
+  u = _unit(num_steps=2500, learning_rate=2e-3, batch_size=512, sample_steps=50,
+            head="log_sigmoid")
   u.num_samples = 100_000
   return u
 
@@ -98,6 +101,37 @@ def _ensemble() -> ml_collections.ConfigDict:
   return u
 
 
+def _histogram() -> ml_collections.ConfigDict:
+  """A 0.25-degree histogram with a total-variation prior, full batch (its loss
+  reads the training counts; the batch is unused), Adam at 0.1."""
+  u = _unit(num_steps=1000, learning_rate=0.1, batch_size=256)
+  u.optimizer.update(name="adam", grad_clip=0.0)
+  return u
+
+
+def _ebm_tv(num_energies: int = 4) -> ml_collections.ConfigDict:
+  """The best density on the map: an equal mixture of ``num_energies`` energy
+  models and the total-variation histogram. Each energy model is a soft land
+  indicator exp(-E) = sigmoid(f) trained by maximum likelihood (log Z by
+  stratified Monte Carlo) on a short schedule, which is its early stopping
+  (exact MLE memorises the training points: 5,000 steps, held-out KL 0.119;
+  2,000 steps, 0.075); each draws its own init and log Z points, and their
+  memorised noise partly cancels in the mixture. The histogram adds coasts
+  sharp to a cell where the smooth networks blur them."""
+  energy = dict(name="ebm", head="log_sigmoid", training="mle")
+  members = {f"energy{i}": dict(energy) for i in range(num_energies)}
+  members["histogram"] = dict(name="histogram")
+  u = _unit(num_steps=2000, batch_size=2048, members=members)
+  blocks = {key: optim.optimizer_config(name="adamw", learning_rate=2e-3,
+                                        schedule="warmup_cosine", grad_clip=1.0)
+            for key in members}
+  blocks["histogram"] = optim.optimizer_config(name="adam", learning_rate=0.1,
+                                               schedule="warmup_cosine")
+  u.optimizer = ml_collections.ConfigDict(blocks)
+  u.num_samples = 100_000  # a Langevin chain per sample and energy model
+  return u
+
+
 def base() -> ml_collections.ConfigDict:
   """The ladder on 100,000 training points."""
   c = ml_collections.ConfigDict()
@@ -132,6 +166,8 @@ def base() -> ml_collections.ConfigDict:
       "flow_matching": _continuous(num_samples=100_000),
       "diffusion": _continuous(num_sampling_steps=250, num_samples=100_000),
       "ensemble": _ensemble(),
+      "histogram": _histogram(),
+      "ebm_tv": _ebm_tv(),
   })
   for name, u in c.models.items():  # every field, so that any can be overridden
     u.model = ml_collections.ConfigDict({**models.default_fields(name),
@@ -160,9 +196,13 @@ def smoke() -> ml_collections.ConfigDict:
   c.models.autoregressive.model.update(small_ar)
   c.models.ensemble.model.members.autoregressive.update(small_ar)
   c.models.ensemble.model.members.spline_flow.update(small_flow)
-  c.models.ebm.model.update(hidden=16, depth=1, num_frequencies=4, buffer_size=512,
-                            langevin_steps=5, sample_steps=10,
-                            quadrature_cells=(90, 45))
+  small_ebm = dict(hidden=16, depth=1, num_frequencies=4, sample_steps=10,
+                   quadrature_cells=(90, 45))
+  c.models.ebm.model.update(small_ebm, buffer_size=512, langevin_steps=5)
+  c.models.histogram.model.cells = (72, 36)
+  for key, member in c.models.ebm_tv.model.members.items():
+    member.update(dict(cells=(72, 36)) if key == "histogram"
+                  else dict(small_ebm, normalizer_cells=(16, 8)))
   c.models.vae.model.update(hidden=16, encoder_depth=1, decoder_depth=1,
                             decoder_blocks=1, num_frequencies=4,
                             latent_frequencies=4, iwae_samples=8, iwae_chunk=4)

@@ -33,6 +33,8 @@ DISPLAY_NAMES = {
     "flow_matching": "flow matching (continuous flow)",
     "diffusion": "diffusion (DDPM, probability-flow ODE)",
     "ensemble": "ensemble: autoregressive + spline flow",
+    "histogram": "histogram, 0.25°, total-variation prior",
+    "ebm_tv": "4 energy models (MLE) + TV histogram",
 }
 
 # Chapter 1's taxonomy: how each model treats the density, and its chapter.
@@ -44,6 +46,8 @@ FAMILIES = {
     "autoregressive": (0, "autoregressive, ch. 5"),
     "flow_matching": (0, "continuous normalizing flow, ch. 8"),
     "ensemble": (0, "mixture across families"),
+    "histogram": (0, "histogram"),
+    "ebm_tv": (0, "mixture: energy models by MLE + histogram"),
     "vae": (1, "VAE, ch. 3"), "ebm": (1, "energy-based, ch. 7"),
     "diffusion": (1, "diffusion, ch. 8"),
     "gan": (2, "GAN, ch. 4"),

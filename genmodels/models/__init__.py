@@ -18,6 +18,7 @@ from genmodels.models.ebm import EnergyModel
 from genmodels.models.ensemble import EnsembleDensity
 from genmodels.models.flows import RealNVP, SplineFlow
 from genmodels.models.gan import GAN
+from genmodels.models.histogram import TVHistogram
 from genmodels.models.vae import VAE
 
 DENSITY_MODELS = {
@@ -34,6 +35,8 @@ DENSITY_MODELS = {
     "flow_matching": FlowMatching,
     "diffusion": Diffusion,
     "ensemble": EnsembleDensity,
+    "histogram": TVHistogram,
+    "ebm_tv": EnsembleDensity,
 }
 
 

@@ -72,7 +72,7 @@ Two options beyond the book (both off by default):
   third of the box). No replay buffer, no Langevin in training (sampling
   still runs the chains). Exact MLE fits the training points closer than CD
   does and overfits sooner: it needs early stopping (a short schedule), and
-  it is what the ensemble ``ebm_ensemble`` is made of.
+  it is what the energy members of the ensemble ``ebm_tv`` are.
 """
 
 from typing import Callable, Sequence
