@@ -65,12 +65,23 @@ def test_each_member_trains_on_its_own_likelihood_only(ensemble):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_samples_come_from_both_members_and_stay_in_the_box(ensemble):
+def test_samples_are_each_member_s_share_in_random_order(ensemble):
+  """4001 points: the first member's 2001 and the second's 2000 draws (each
+  member sampled with its own key), shuffled; inside the box."""
   model, params, _ = ensemble
-  s = np.asarray(model.apply({"params": params}, jax.random.key(5), 4000,
-                             method="sample"))
-  assert s.shape == (4000, 2)
+  rng = jax.random.key(5)
+  s = np.asarray(model.apply({"params": params}, rng, 4001, method="sample"))
+  assert s.shape == (4001, 2)
   assert np.all((s >= [-180, -90]) & (s <= [180, 90]))
+  _, *keys = jax.random.split(rng, 3)
+  own = [np.asarray(models.get_density_model(spec["name"], **{
+      k: v for k, v in spec.items() if k != "name"}).apply(
+          {"params": params[name]}, key, count, method="sample"))
+         for (name, spec), key, count in zip(MEMBERS.items(), keys, (2001, 2000))]
+  order = np.lexsort(s.T)
+  expected = np.concatenate(own)
+  np.testing.assert_array_equal(s[order], expected[np.lexsort(expected.T)])
+  assert not np.array_equal(s[:2001], own[0])  # shuffled, not stacked
   assert model.num_free_params(params) == sum(
       np.size(v) for v in jax.tree.leaves(params))
 
@@ -88,19 +99,20 @@ def test_a_member_with_its_own_loss_trains_on_it_with_its_own_rng():
                   jnp.float32)
   rng = jax.random.key(7)
   params = model.init(jax.random.key(0), x, rng, method="training_loss")["params"]
-  (_, metrics), grads = jax.value_and_grad(
+  (_, metrics), grads = jax.jit(jax.value_and_grad(
       lambda p: model.apply({"params": p}, x, rng, method="training_loss"),
-      has_aux=True)(params)
+      has_aux=True))(params)
   assert {"nll_ar", "nll_energy"} <= set(metrics) and "nll" not in metrics
   energy = models.get_density_model("ebm", **{k: v for k, v in members["energy"].items()
                                               if k != "name"})
-  own = jax.grad(lambda p: energy.apply({"params": p}, x, jax.random.fold_in(rng, 1),
-                                        method="training_loss")[0])(params["energy"])
+  own = jax.jit(jax.grad(lambda p: energy.apply(
+      {"params": p}, x, jax.random.fold_in(rng, 1), method="training_loss")[0]))(
+          params["energy"])
   for a, b in zip(jax.tree.leaves(grads["energy"]), jax.tree.leaves(own)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   ar = models.get_density_model("autoregressive", **{k: v for k, v in MEMBERS["ar"].items()
                                                      if k != "name"})
-  nll = jax.grad(lambda p: -jnp.mean(ar.apply({"params": p}, x, method="log_prob")))(
-      params["ar"])
+  nll = jax.jit(jax.grad(lambda p: -jnp.mean(ar.apply({"params": p}, x,
+                                                      method="log_prob"))))(params["ar"])
   for a, b in zip(jax.tree.leaves(grads["ar"]), jax.tree.leaves(nll)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -74,12 +74,15 @@ class EnsembleDensity(nn.Module):
     return sum(losses), metrics
 
   def sample(self, rng: Array, n: int) -> Array:
-    """Each point from a member chosen uniformly."""
-    r_pick, *r_members = jax.random.split(rng, len(self.members) + 1)
-    draws = jnp.stack([self._part(key).sample(r, n)
-                       for key, r in zip(self.members, r_members)])
-    pick = jax.random.randint(r_pick, (n,), 0, len(self.members))
-    return draws[pick, jnp.arange(n)]
+    """n points: member m draws n // M of them (the first n % M members one
+    more), in a random order. Each point is marginally a draw from the
+    mixture (equal weights), and no member samples points that are thrown
+    away (an energy member's sample is a Langevin chain)."""
+    r_order, *r_members = jax.random.split(rng, len(self.members) + 1)
+    m = len(self.members)
+    draws = [self._part(key).sample(r, n // m + (i < n % m))
+             for i, (key, r) in enumerate(zip(self.members, r_members))]
+    return jax.random.permutation(r_order, jnp.concatenate(draws))
 
   def num_free_params(self, params) -> int:
     total = 0
