@@ -128,3 +128,26 @@ def test_model_flag_drops_options_the_model_lacks(tmp_path):
   assert results["model"] == "mlp"
   config = json.loads((tmp_path / "config.json").read_text())
   assert "conv_impl" not in json.dumps(config.get("model_kwargs", config))
+
+
+def test_fast_config_model_layout_and_no_dropout():
+  """The `fast` config's model on 28x28x1: one conv at 14x14 (after the
+  space-to-depth stem), pooling, two at 7x7, the Dense head, and no dropout
+  (two dropout keys give the same training-mode logits)."""
+  from genmodels.classify import config as classify_config  # pylint: disable=g-import-not-at-top
+  config = classify_config.get_config("fast")
+  model = classifiers.get_classifier(config.model, **config.model_kwargs)
+  x = jnp.asarray(np.random.default_rng(7).uniform(size=(4, 28, 28, 1)), jnp.float32)
+  variables = jax.jit(model.init, static_argnames="train")(
+      {"params": jax.random.key(0)}, x, train=False)
+  shapes = {"/".join(k.key for k in path): leaf.shape
+            for path, leaf in jax.tree_util.tree_flatten_with_path(variables["params"])[0]}
+  assert shapes["Conv_0/kernel"] == (3, 3, 4, 32)  # 2x2 space-to-depth: 4 channels
+  assert shapes["Conv_1/kernel"] == (3, 3, 32, 64)
+  assert shapes["Conv_2/kernel"] == (3, 3, 64, 64)
+  assert shapes["Dense_0/kernel"] == (7 * 7 * 64, 128)  # one 2x2 pooling: 14 -> 7
+  assert shapes["Dense_1/kernel"] == (128, 10)
+  apply = jax.jit(lambda v, k: model.apply(v, x, train=True, rngs={"dropout": k},
+                                           mutable=["batch_stats"])[0])
+  np.testing.assert_array_equal(apply(variables, jax.random.key(1)),
+                                apply(variables, jax.random.key(2)))

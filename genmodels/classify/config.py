@@ -55,14 +55,16 @@ def mlp() -> ml_collections.ConfigDict:
 def fast() -> ml_collections.ConfigDict:
   """Beyond the book, for CPU seconds: space-to-depth CNN, one-cycle AdamW, TTA."""
   c = cnn()
-  # A CNN that never convolves at full resolution (space-to-depth stem), a
-  # one-cycle AdamW schedule for a short run, label smoothing, mirrored
-  # training images and mirror test-time augmentation.
+  # A CNN that never convolves at full resolution (space-to-depth stem, one
+  # conv at 14x14, two at 7x7), no dropout (a short run underfits rather than
+  # overfits), a one-cycle AdamW schedule, label smoothing, mirrored training
+  # images and mirror test-time augmentation. One evaluation, at the end.
   c.model = "cnn_fast"
+  c.model_kwargs.update(widths=(32, 64, 64), dropout=0.0)
   c.label_smoothing = 0.1
   c.flip = True
   c.tta_flip = True
-  c.train.update(epochs=4, batch_size=64)
+  c.train.update(epochs=8, batch_size=64, eval_every=0)  # 0: at the end
   c.optimizer.update(name="adamw", learning_rate=4e-3, schedule="onecycle",
                      weight_decay=0.01)
   return c
