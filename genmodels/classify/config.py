@@ -9,8 +9,8 @@ r"""Image classification (chapter 2): the book's MLP and CNN, and a fast recipe.
 fields; ``train`` counts in epochs (see ``training.experiment.TRAIN_DEFAULTS``);
 ``optimizer`` is the one factory's block (``training.optim``).
 
-Expected: the book CNN reaches 0.9171 test accuracy on Fashion-MNIST
-(measured 2026-11-28).
+Expected on Fashion-MNIST: the book CNN 0.9171 test accuracy (measured
+2026-11-28), the `fast` recipe 0.9322 (seeds 0-2: 0.9315-0.9322, 2026-12-02).
 """
 
 import ml_collections
