@@ -60,6 +60,8 @@ def fast() -> ml_collections.ConfigDict:
   # overfits), a one-cycle AdamW schedule, label smoothing, mirrored training
   # images and mirror test-time augmentation. One evaluation, at the end.
   c.model = "cnn_fast"
+  # FastCNN's defaults, named here so that flags can override them
+  # (--config.model_kwargs.widths=...).
   c.model_kwargs.update(widths=(32, 64, 64), dropout=0.0)
   c.label_smoothing = 0.1
   c.flip = True
