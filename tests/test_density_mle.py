@@ -28,6 +28,7 @@ from scipy import stats
 
 import genmodels
 from genmodels import density as density_experiment
+from genmodels import models
 from genmodels.data import world_map
 from genmodels.density import config as density_config
 from genmodels.models import density
@@ -331,3 +332,33 @@ def test_model_lists_mix_names_and_groups_each_model_once():
   config.model = "ladder,nope"
   with pytest.raises(ValueError, match="unknown --model 'nope'"):
     density_task.model_names(config)
+
+
+def test_energy_model_evaluation_computes_log_z_once_per_evaluation(world, tmp_path):
+  """The engine calls the task's ``eval_prepare`` (the energy model's log Z)
+  once per evaluation, not once per batch, and the NLL it reports is the one
+  of log_prob computed without the cache; a model without a normaliser has
+  no ``eval_prepare``."""
+  cfg = _smoke_config().models.ebm
+  cfg.train.update(num_steps=4, eval_every=2, eval_batch_size=256, log_every=2,
+                   checkpoint_every=0)
+  options = experiment.Options(progress=False, figures=False)
+  task = density_experiment.make_task("ebm", cfg, world, 0, options)
+  calls = []
+  prepare = task.eval_prepare
+  task.eval_prepare = lambda v: (calls.append(1), prepare(v))[1]
+  result = experiment.train(task, str(tmp_path), 0, options)
+  assert len(calls) == 2  # steps 2 and 4; 2 + 8 batches each
+  model = models.get_density_model("ebm", **cfg.model.to_dict())
+  lp = jax.jit(lambda p, x: model.apply({"params": p}, x, method="log_prob"))(
+      result.state.params, jnp.asarray(world.test))
+  assert result.last("test")["nll"] == pytest.approx(-float(np.mean(lp)), rel=1e-5)
+  trained = genmodels.density.trained.TrainedDensity("ebm", model, result.state.params)
+  np.testing.assert_allclose(trained.log_prob(world.test[:100]), lp[:100], rtol=1e-6)
+  trained.params = jax.tree.map(lambda p: p * 1.5, result.state.params)  # new log Z
+  lp2 = jax.jit(lambda p, x: model.apply({"params": p}, x, method="log_prob"))(
+      trained.params, jnp.asarray(world.test[:100]))
+  assert not np.allclose(lp2, lp[:100])
+  np.testing.assert_allclose(trained.log_prob(world.test[:100]), lp2, rtol=1e-6)
+  box = density_experiment.make_task("box", _smoke_config().models.box, world, 0, options)
+  assert box.eval_prepare is None

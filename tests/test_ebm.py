@@ -405,3 +405,34 @@ def test_mle_loss_and_gradient_are_the_exact_nll_s():
 def test_unknown_head_or_training_is_refused(field, value):
   with pytest.raises(ValueError, match=field):
     _small(**{field: value}).init(jax.random.key(0), jnp.zeros((2, 2)), method="log_prob")
+
+
+# The cached normaliser ------------------------------------------------------------
+
+
+def test_cached_log_z_is_the_quadratures_and_log_prob_reads_it():
+  """``with_normalizers`` stores the quadrature's log Z; log_prob with it gives
+  the same values, and reads it (a shifted cache shifts log_prob by exactly as
+  much); new parameters get a new log Z, not the stale one."""
+  from genmodels import models  # pylint: disable=g-import-not-at-top
+  model = _small()
+  x = jnp.asarray(np.concatenate([_box_points(50), [[200.0, 0.0]]]).astype(np.float32))
+  params = model.init(jax.random.key(0), x, method="log_prob")["params"]
+  params = _perturb(params, 2, 0.7)
+  cache = jax.jit(lambda v: models.with_normalizers(model, v))
+  log_prob = jax.jit(lambda v, x: model.apply(v, x, method="log_prob"))
+  log_z = jax.jit(lambda p: model.apply({"params": p}, method="log_normalizer"))
+
+  cached = cache({"params": params})
+  assert set(cached) == {"params", "normalizer"}
+  np.testing.assert_allclose(cached["normalizer"]["log_z"], log_z(params), rtol=1e-6)
+  plain = np.asarray(log_prob({"params": params}, x))
+  np.testing.assert_allclose(log_prob(cached, x), plain, rtol=1e-6)
+  assert plain[-1] == -np.inf  # outside the box, with or without the cache
+  shifted = {**cached, "normalizer": {"log_z": cached["normalizer"]["log_z"] + 1.5}}
+  np.testing.assert_allclose(log_prob(shifted, x)[:-1], plain[:-1] - 1.5, rtol=1e-6)
+
+  params2 = _perturb(params, 3, 0.7)
+  recached = cache({**shifted, "params": params2})
+  np.testing.assert_allclose(recached["normalizer"]["log_z"], log_z(params2), rtol=1e-6)
+  assert abs(float(log_z(params2)) - float(log_z(params))) > 0.01  # a real change

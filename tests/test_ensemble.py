@@ -116,3 +116,33 @@ def test_a_member_with_its_own_loss_trains_on_it_with_its_own_rng():
                                                       method="log_prob"))))(params["ar"])
   for a, b in zip(jax.tree.leaves(grads["ar"]), jax.tree.leaves(nll)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_with_normalizers_caches_each_energy_member_and_nothing_else(ensemble):
+  """An ensemble with an energy member caches that member's log Z under its
+  key (and log_prob is unchanged by it); an ensemble without one is left as is."""
+  with_energy = models.get_density_model("ensemble", members={
+      "energy": {"name": "ebm", "hidden": 8, "depth": 1, "num_frequencies": 3,
+                 "head": "log_sigmoid", "training": "mle", "quadrature_cells": (72, 36)},
+      "hist": {"name": "histogram", "cells": (36, 18)}})
+  x = jnp.asarray(np.random.default_rng(3).uniform([-180, -90], [180, 90], (64, 2)),
+                  jnp.float32)
+  params = jax.jit(with_energy.init, static_argnames="method")(
+      jax.random.key(0), x, jax.random.key(1), method="training_loss")["params"]
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(4), len(leaves))
+  params = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape)
+                                     for p, k in zip(leaves, keys)])
+  cached = jax.jit(lambda v: models.with_normalizers(with_energy, v))({"params": params})
+  assert jax.tree.structure(cached["normalizer"]) == jax.tree.structure({"energy": {"log_z": 0}})
+  member = models.get_density_model("ebm", hidden=8, depth=1, num_frequencies=3,
+                                    head="log_sigmoid", training="mle",
+                                    quadrature_cells=(72, 36))
+  np.testing.assert_allclose(
+      cached["normalizer"]["energy"]["log_z"],
+      member.apply({"params": params["energy"]}, method="log_normalizer"), rtol=1e-6)
+  log_prob = jax.jit(lambda v: with_energy.apply(v, x, method="log_prob"))
+  np.testing.assert_allclose(log_prob(cached), log_prob({"params": params}), rtol=1e-5)
+
+  without, without_params, _ = ensemble  # members without a normaliser
+  assert set(models.with_normalizers(without, {"params": without_params})) == {"params"}

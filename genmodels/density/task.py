@@ -152,6 +152,8 @@ def make_task(name: str, cfg, data: world_map.WorldMapData, seed: int,
       loss=density_loss(model),
       train_data={"x": data.train},
       eval_fn=density_eval(model),
+      eval_prepare=(jax.jit(functools.partial(models.with_normalizers, model))
+                    if hasattr(model, "cache_normalizers") else None),
       eval_data=({"validation": {"x": data.validation}, "test": {"x": data.test}}
                  if models.has_density(model) else None),
       report=report_row)

@@ -5,6 +5,7 @@ Each model of a density workdir lives in ``workdir/models/NAME/`` with its
 ``load_density`` gives it back for anyone to score their own points.
 """
 
+import functools
 import json
 import os
 
@@ -33,8 +34,8 @@ class TrainedDensity:
   def __init__(self, name: str, model, params):
     self.name, self.model, self.params = name, model, params
     self.has_density = models.has_density(model)
-    self._log_prob = jax.jit(lambda p, x: model.apply({"params": p}, x,
-                                                      method="log_prob"))
+    self._log_prob = jax.jit(lambda v, x: model.apply(v, x, method="log_prob"))
+    self._variables, self._variables_of = None, None  # params + cached normalizers
     self._sample = jax.jit(lambda p, k, n: model.apply({"params": p}, k, n,
                                                        method="sample"),
                            static_argnums=2)
@@ -50,7 +51,11 @@ class TrainedDensity:
     if x.ndim != 2 or x.shape[-1] != 2:
       raise ValueError(f"points must have shape [N, 2] as (longitude, latitude) "
                        f"in degrees, got {tuple(np.shape(x))}")
-    out = np.asarray(self._log_prob(self.params, jnp.asarray(x)))
+    if self._variables_of is not self.params:  # once per parameters: e.g. log Z
+      self._variables = jax.jit(functools.partial(models.with_normalizers, self.model))(
+          {"params": self.params})
+      self._variables_of = self.params
+    out = np.asarray(self._log_prob(self._variables, jnp.asarray(x)))
     return out[0] if single else out
 
   def sample(self, key: jax.Array, n: int) -> np.ndarray:

@@ -6,7 +6,9 @@ To add a density model, write a linen module with ``log_prob(x)`` and
 ``training_loss(x, rng) -> (loss, metrics)`` for a model not trained by
 maximum likelihood, ``eval_metrics(x) -> {name: [N]}`` (with "nll") for more
 held-out columns than the NLL, ``diagnostics(x) -> {name: scalar}`` for the
-results row. An implicit model (samples only) sets ``has_density = False``.
+results row, ``cache_normalizers()`` for a model whose ``log_prob`` computes a
+costly constant (an energy model's log Z; see ``with_normalizers``). An
+implicit model (samples only) sets ``has_density = False``.
 """
 
 import dataclasses
@@ -43,6 +45,18 @@ DENSITY_MODELS = {
 def has_density(model) -> bool:
   """False for an implicit model (a GAN): samples, no ``log_prob``."""
   return getattr(model, "has_density", True)
+
+
+def with_normalizers(model, variables: dict) -> dict:
+  """``variables`` plus the ``normalizer`` collection of ``model.cache_normalizers``
+  (e.g. an energy model's log Z), so that every later ``log_prob`` call on these
+  variables reads the constant instead of recomputing it; unchanged for a model
+  without one. Compute it again whenever the parameters change."""
+  if not hasattr(model, "cache_normalizers"):
+    return variables
+  variables = {k: v for k, v in variables.items() if k != "normalizer"}
+  _, cached = model.apply(variables, method="cache_normalizers", mutable=["normalizer"])
+  return {**variables, **cached}
 
 
 def default_fields(name: str) -> dict:

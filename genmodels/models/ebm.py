@@ -354,11 +354,19 @@ class EnergyModel(nn.Module):
     return log_integral_box(lambda x: energy_u(self._to_unit(x)), self.lo, self.hi,
                             self.quadrature_cells, self.quadrature_nodes)
 
+  def cache_normalizers(self) -> None:
+    """Stores log Z in the ``normalizer`` collection (``models.with_normalizers``):
+    ``log_prob`` then reads it instead of running the quadrature on every call."""
+    self.put_variable("normalizer", "log_z", self.log_normalizer())
+
   def log_prob(self, x: Array) -> Array:
-    """-E(x) - log Z inside the box, -inf outside; [N] (log Z computed once)."""
+    """-E(x) - log Z inside the box, -inf outside; [N]. log Z is computed once
+    per call, or read from the ``normalizer`` collection where it was cached."""
     lo, hi = jnp.asarray(self.lo), jnp.asarray(self.hi)
     inside = jnp.all((x >= lo) & (x <= hi), -1)
-    log_p = -self.energy(x) - self.log_normalizer()
+    log_z = (self.get_variable("normalizer", "log_z")
+             if self.has_variable("normalizer", "log_z") else self.log_normalizer())
+    log_p = -self.energy(x) - log_z
     return jnp.where(inside, log_p, -jnp.inf)
 
   # Sampling.

@@ -50,6 +50,13 @@ class EnsembleDensity(nn.Module):
     """[M, N]: each member's log-density, in the order of ``members``."""
     return jnp.stack([self._part(key).log_prob(x) for key in self.members])
 
+  def cache_normalizers(self) -> None:
+    """Each member's ``cache_normalizers``, where it has one (energy models)."""
+    for key in self.members:
+      part = self._part(key)
+      if hasattr(part, "cache_normalizers"):
+        part.cache_normalizers()
+
   def log_prob(self, x: Array) -> Array:
     return jax.nn.logsumexp(self.member_log_probs(x), axis=0) - np.log(len(self.members))
 

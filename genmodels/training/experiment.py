@@ -91,6 +91,9 @@ class Task:
   eval_fn: Callable | None = None
   eval_data: dict[str, dict[str, np.ndarray]] | None = None
   report: Callable[[loop.TrainResult, str], dict] | None = None  # (result, workdir)
+  # variables -> variables, once per evaluation before its batches (e.g. an
+  # energy model's log Z, which every batch would otherwise recompute).
+  eval_prepare: Callable[[dict], dict] | None = None
 
 
 class Experiment(Protocol):
@@ -169,7 +172,8 @@ def train(task: Task, workdir: str, seed: int, options: Options = Options(),
           on_eval=None) -> loop.TrainResult:
   """Trains one task with the shared loop from its ``train`` and ``optimizer`` blocks."""
   return loop.train(**_loop_args(task, seed, options), workdir=workdir,
-                    eval_fn=task.eval_fn, eval_data=task.eval_data, on_eval=on_eval)
+                    eval_fn=task.eval_fn, eval_data=task.eval_data,
+                    eval_prepare=task.eval_prepare, on_eval=on_eval)
 
 
 def setup(task: Task, seed: int, options: Options = Options()) -> loop.Setup:

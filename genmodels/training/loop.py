@@ -226,6 +226,7 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
           eval_fn: Callable | None = None,
           eval_data: dict[str, dict[str, np.ndarray]] | None = None,
           on_eval: Callable[[int, dict[str, dict], float], None] | None = None,
+          eval_prepare: Callable[[Any], Any] | None = None,
           ) -> TrainResult:
   """Trains from scratch or resumes from ``workdir/checkpoints``.
 
@@ -245,6 +246,9 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
     on_eval: optional hook called after each evaluation with (step, {split:
       metrics}, seconds spent training so far, evaluations excluded); used by
       the benchmark to time convergence.
+    eval_prepare: optional variables -> variables, called once per evaluation
+      before its batches (constants every batch would otherwise recompute,
+      such as an energy model's log Z).
   """
   run = setup(init_fn=init_fn, loss_fn=loss_fn, tx=tx, train_data=train_data,
               config=config)
@@ -272,8 +276,9 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
     t = time.perf_counter()
     trained_seconds = t - t0 - eval_seconds
     results = {}
+    variables = state.variables if eval_prepare is None else eval_prepare(state.variables)
     for split, split_data in eval_data.items():
-      results[split] = evaluate(eval_step, state.variables, split_data,
+      results[split] = evaluate(eval_step, variables, split_data,
                                 config.eval_batch_size, mesh)
       writer.write(step, split, results[split])
     eval_seconds += time.perf_counter() - t
