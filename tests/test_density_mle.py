@@ -346,19 +346,32 @@ def test_energy_model_evaluation_computes_log_z_once_per_evaluation(world, tmp_p
   task = density_experiment.make_task("ebm", cfg, world, 0, options)
   calls = []
   prepare = task.eval_prepare
-  task.eval_prepare = lambda v: (calls.append(1), prepare(v))[1]
+
+  def shifted_prepare(variables):  # log Z + 1: what the batches read shows
+    calls.append(1)
+    out = prepare(variables)
+    return {**out, "normalizer": {"log_z": out["normalizer"]["log_z"] + 1.0}}
+
+  task.eval_prepare = shifted_prepare
   result = experiment.train(task, str(tmp_path), 0, options)
   assert len(calls) == 2  # steps 2 and 4; 2 + 8 batches each
   model = models.get_density_model("ebm", **cfg.model.to_dict())
-  lp = jax.jit(lambda p, x: model.apply({"params": p}, x, method="log_prob"))(
-      result.state.params, jnp.asarray(world.test))
-  assert result.last("test")["nll"] == pytest.approx(-float(np.mean(lp)), rel=1e-5)
+  log_prob = jax.jit(lambda p, x: model.apply({"params": p}, x, method="log_prob"))
+  lp = np.asarray(log_prob(result.state.params, jnp.asarray(world.test)))
+  # Every batch used the prepared log Z (shifted by 1), none recomputed it.
+  assert result.last("test")["nll"] == pytest.approx(-float(np.mean(lp)) + 1.0, rel=1e-5)
+
   trained = genmodels.density.trained.TrainedDensity("ebm", model, result.state.params)
-  np.testing.assert_allclose(trained.log_prob(world.test[:100]), lp[:100], rtol=1e-6)
+  prepared = []
+  prepare_params = trained._prepare  # pylint: disable=protected-access
+  trained._prepare = lambda v: (prepared.append(1), prepare_params(v))[1]
+  for _ in range(3):
+    np.testing.assert_allclose(trained.log_prob(world.test[:100]), lp[:100], rtol=1e-6)
+  assert len(prepared) == 1  # once for these parameters
   trained.params = jax.tree.map(lambda p: p * 1.5, result.state.params)  # new log Z
-  lp2 = jax.jit(lambda p, x: model.apply({"params": p}, x, method="log_prob"))(
-      trained.params, jnp.asarray(world.test[:100]))
+  lp2 = np.asarray(log_prob(trained.params, jnp.asarray(world.test[:100])))
   assert not np.allclose(lp2, lp[:100])
   np.testing.assert_allclose(trained.log_prob(world.test[:100]), lp2, rtol=1e-6)
+  assert len(prepared) == 2
   box = density_experiment.make_task("box", _smoke_config().models.box, world, 0, options)
   assert box.eval_prepare is None

@@ -143,6 +143,13 @@ def test_with_normalizers_caches_each_energy_member_and_nothing_else(ensemble):
       member.apply({"params": params["energy"]}, method="log_normalizer"), rtol=1e-6)
   log_prob = jax.jit(lambda v: with_energy.apply(v, x, method="log_prob"))
   np.testing.assert_allclose(log_prob(cached), log_prob({"params": params}), rtol=1e-5)
+  # The member reads its cache: shifting its log Z by c divides its density by e^c.
+  c = 0.7
+  shifted = {**cached, "normalizer": {"energy": {
+      "log_z": cached["normalizer"]["energy"]["log_z"] + c}}}
+  member_lp = np.asarray(with_energy.apply({"params": params}, x, method="member_log_probs"))
+  want = np.logaddexp(member_lp[0] - c, member_lp[1]) - np.log(2.0)
+  np.testing.assert_allclose(log_prob(shifted), want, rtol=1e-5)
 
   without, without_params, _ = ensemble  # members without a normaliser
   assert set(models.with_normalizers(without, {"params": without_params})) == {"params"}

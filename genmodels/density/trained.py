@@ -28,13 +28,16 @@ class TrainedDensity:
   """A trained density model on (longitude, latitude) points in degrees.
 
   An implicit model (a GAN: ``has_density`` is False) samples but has no
-  ``log_prob``.
+  ``log_prob``. Constants of the parameters (an energy model's log Z) are
+  computed once per ``params`` object: to score other parameters, assign a
+  new ``params`` rather than editing its arrays in place.
   """
 
   def __init__(self, name: str, model, params):
     self.name, self.model, self.params = name, model, params
     self.has_density = models.has_density(model)
     self._log_prob = jax.jit(lambda v, x: model.apply(v, x, method="log_prob"))
+    self._prepare = jax.jit(functools.partial(models.with_normalizers, model))
     self._variables, self._variables_of = None, None  # params + cached normalizers
     self._sample = jax.jit(lambda p, k, n: model.apply({"params": p}, k, n,
                                                        method="sample"),
@@ -52,8 +55,7 @@ class TrainedDensity:
       raise ValueError(f"points must have shape [N, 2] as (longitude, latitude) "
                        f"in degrees, got {tuple(np.shape(x))}")
     if self._variables_of is not self.params:  # once per parameters: e.g. log Z
-      self._variables = jax.jit(functools.partial(models.with_normalizers, self.model))(
-          {"params": self.params})
+      self._variables = self._prepare({"params": self.params})
       self._variables_of = self.params
     out = np.asarray(self._log_prob(self._variables, jnp.asarray(x)))
     return out[0] if single else out

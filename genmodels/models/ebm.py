@@ -50,7 +50,10 @@ error is at most sum over cells of h^5 (2!)^4 / (5 (4!)^3) max_cell |f^(4)|;
 known through erf. On trained models the default rule's log Z differs from a
 720 x 360 cell, 4 x 4 node rule by 1e-5 to 6e-5 nats. ``log_prob`` computes
 log Z once per call (about 0.5 s on a CPU), then the points; it takes no rng
-and needs only the parameters.
+and needs only the parameters. Where log Z was cached in the ``normalizer``
+collection (``cache_normalizers``, through ``models.with_normalizers``: what
+the engine does once per evaluation and ``TrainedDensity`` once per
+parameters), ``log_prob`` reads it instead.
 
 Sampling (``sample``): ``sample_steps`` steps of the same dynamics (jumps
 included) from uniform starts over the box; parameters only, no buffer.
