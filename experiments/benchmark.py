@@ -10,7 +10,7 @@ the package next to it (a package wins over a module of the same name).
 
 from absl import app
 
-from benchmark import cli
+from genmodels.bench import cli
 
 if __name__ == "__main__":
   app.run(cli.main)

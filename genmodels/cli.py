@@ -1,10 +1,14 @@
 """What every experiment entry point does at its edge: user errors and workdirs.
 
 A mistake a user can make (a bad flag value, missing data, an unwritable or
-mismatched workdir) ends the program with one line on stderr naming the problem
-and the fix, and exit status 2, never a traceback.
+mismatched workdir) is a ``genmodels.errors.UsageError`` raised on purpose: it
+ends the program with one line on stderr naming the problem and the fix, and
+exit status 2, never a traceback. So does a machine that refuses the run's
+files (disk full, a read-only or vanished workdir). Any other exception is a
+bug: it keeps its traceback and exits with 1.
 """
 
+import errno
 import functools
 import json
 import logging as py_logging
@@ -18,17 +22,17 @@ from absl import logging
 from ml_collections import config_flags
 
 from genmodels import locking
+from genmodels.errors import UsageError
 from genmodels.training import metrics as metrics_lib
 
 USAGE_EXIT = 2
 TRAINING_FAILED_EXIT = 1
 
 
-class UsageError(ValueError):
-  """An error in what the user asked for; the message says how to fix it."""
-
-
-USER_ERRORS = (UsageError, ValueError, OSError, KeyError, flags.Error)
+USER_ERRORS = (UsageError, flags.Error)
+# OSErrors that mean the machine refused the run's files, not a bug.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                errno.EPERM, errno.ENOENT, errno.ESTALE, errno.EIO})
 INTERRUPTED_EXIT = 130
 
 
@@ -138,10 +142,14 @@ def one_line_errors(main):
       fail("interrupted; run the same command again to resume from the last "
            "checkpoint", INTERRUPTED_EXIT)
     except USER_ERRORS as e:
-      msg = one_line(e)
-      if isinstance(e, KeyError):
-        msg = f"unknown key {msg}"
-      fail(msg)
+      fail(one_line(e))
+    except OSError as e:
+      if e.errno not in ENVIRONMENT_ERRNOS:
+        raise  # a bug: keep its traceback
+      where = f" ({e.filename})" if e.filename else ""
+      fail(f"the machine refused the run's files: {e.strerror or e}{where}; free space "
+           f"or fix the workdir's permissions, then run the same command again to "
+           f"resume from the last checkpoint")
     finally:
       release_workdir()
 

@@ -698,6 +698,6 @@ def test_log_prob_of_right_shapes(trained_density):
 def test_load_density_from_a_folder_without_a_run(tmp_path):
   import genmodels  # pylint: disable=g-import-not-at-top
   for name in (None, "gmm"):
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(ValueError) as info:
       genmodels.load_density(str(tmp_path), name)
     assert "\n" not in str(info.value)

@@ -19,10 +19,10 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.benchmark import cases
-from experiments.benchmark import harness
-from experiments.benchmark import machine
-from experiments.benchmark import report
+from genmodels.bench import cases
+from genmodels.bench import harness
+from genmodels.bench import machine
+from genmodels.bench import report
 from genmodels import classify
 from genmodels import density
 from genmodels.classify import config as classify_config

@@ -1,4 +1,4 @@
-"""Tests for genmodels.models.classifiers.
+"""Tests for genmodels.networks.classifiers.
 
 XLA compiles dominate on CPU, so the tests share jitted functions, one small
 image shape, and 'rbg' keys (much cheaper to compile than threefry).
@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from genmodels.models.classifiers import CLASSIFIERS, CNN, MLP, get_classifier
+from genmodels.networks.classifiers import CLASSIFIERS, CNN, MLP, get_classifier
 
 SMALL = (4, 8, 8, 3)  # batch and image shape of the behaviour tests
 

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from genmodels.models import classifiers
+from genmodels.networks import classifiers
 from genmodels.classify import task as classify_task
 from genmodels.training import steps
 

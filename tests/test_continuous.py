@@ -1,6 +1,6 @@
 """Continuous-time models (chapter 8): the ODE likelihood, flow matching, diffusion.
 
-The ODE likelihood (genmodels.models.ode) is checked against flows known in
+The ODE likelihood (genmodels.numerics.ode) is checked against flows known in
 closed form: a time-dependent linear field, whose flow maps N(0, I) to a known
 Gaussian, and the exact flow-matching velocity and the exact diffusion noise
 predictor of Gaussian data (whose marginals are Gaussian at every time). The
@@ -20,7 +20,8 @@ import pytest
 from scipy import linalg, stats
 
 from genmodels import probability
-from genmodels.models import continuous, features, ode
+from genmodels.models import continuous
+from genmodels.numerics import features, ode
 
 MODELS = {"flow_matching": continuous.FlowMatching, "diffusion": continuous.Diffusion}
 TINY = dict(hidden=32, depth=2, num_frequencies=4, max_frequency=4.0, time_frequencies=4)

@@ -14,7 +14,7 @@ from jax import lax
 from genmodels import classify
 from genmodels.classify import task as classify_task
 from genmodels.training import experiment
-from genmodels.models import classifiers
+from genmodels.networks import classifiers
 from genmodels.training import steps
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"

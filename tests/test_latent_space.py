@@ -13,7 +13,7 @@ from genmodels.data import cylinders
 from genmodels.latent import config as latent_space_config
 from genmodels.latent import probes
 from genmodels.latent import task as latent_task
-from genmodels.models import autoencoder as ae_lib
+from genmodels.networks import autoencoder as ae_lib
 from genmodels.training import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

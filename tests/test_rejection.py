@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genmodels.models import rejection
+from genmodels.numerics import rejection
 
 
 def _normal(key, m):

@@ -37,7 +37,7 @@ def _problem(kind: str):
   import jax.numpy as jnp
   import optax
   from genmodels import models
-  from genmodels.models import classifiers
+  from genmodels.networks import classifiers
   from genmodels import density
   from genmodels.classify import task as classify_task
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genmodels.models import splines
+from genmodels.numerics import splines
 
 K = 8  # bins
 N = 512  # evaluation points per test

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from genmodels.data import tabular as data
-from genmodels.models import tabular as models
+from genmodels.networks import tabular as models
 
 VISITS = np.arange(data.MAX_VISITS + 1)
 SHARES = np.asarray(data.JOB_SHARES)

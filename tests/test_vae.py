@@ -18,7 +18,7 @@ from scipy import special
 from scipy import stats
 
 from genmodels.density import task
-from genmodels.models import gaussians
+from genmodels.numerics import gaussians
 from genmodels.models import vae
 from genmodels.training import optim
 from genmodels.training import steps

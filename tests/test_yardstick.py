@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from genmodels import yardstick
+from genmodels.density import yardstick
 from genmodels.data import world_map
 
 pytest.importorskip("global_land_mask.globe")

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from genmodels.errors import UsageError
 from genmodels.classify import report
 from genmodels.data import images as images_lib
-from genmodels.models import classifiers
+from genmodels.networks import classifiers
 from genmodels.training import experiment
 
 
@@ -96,13 +97,13 @@ def classification_eval(model: nn.Module, tta_flip: bool = False):
 def resolve(config) -> None:
   """Keeps only the ``model_kwargs`` the chosen model has (e.g. --model=mlp on the CNN config)."""
   if config.model not in classifiers.CLASSIFIERS:
-    raise ValueError(f"unknown --model {config.model!r}; valid: "
+    raise UsageError(f"unknown --model {config.model!r}; valid: "
                      f"{', '.join(classifiers.CLASSIFIERS)}")
   fields = classifiers.CLASSIFIERS[config.model].__dataclass_fields__
   known = set().union(*(c.__dataclass_fields__ for c in classifiers.CLASSIFIERS.values()))
   for key in config.model_kwargs:
     if key not in known:
-      raise ValueError(f"model_kwargs.{key} is not a field of any classifier; "
+      raise UsageError(f"model_kwargs.{key} is not a field of any classifier; "
                        f"{config.model}'s fields: {', '.join(sorted(fields))}")
   with config.unlocked():
     config.model_kwargs = ml_collections.ConfigDict(
@@ -115,7 +116,7 @@ def _check_dataset(name: str):
   base = re.split(r"[/:]", name, maxsplit=1)[0]
   if base not in known:
     close = difflib.get_close_matches(base, known, n=3)
-    raise ValueError(
+    raise UsageError(
         f"unknown --dataset {name!r}; valid: fashion_mnist_offline (local "
         f"files) or a tfds image-classification dataset such as mnist, "
         f"fashion_mnist, cifar10, cifar100"
@@ -125,15 +126,15 @@ def _check_dataset(name: str):
 def check(config) -> None:
   _check_dataset(config.dataset)
   if not config.train.epochs > 0:
-    raise ValueError(f"train.epochs must be a positive number, got {config.train.epochs}")
+    raise UsageError(f"train.epochs must be a positive number, got {config.train.epochs}")
   for key in ("num_train", "num_test"):
     if not 0 <= config[key] < float("inf"):
-      raise ValueError(f"{key} must be >= 0, got {config[key]}")
+      raise UsageError(f"{key} must be >= 0, got {config[key]}")
   if not 0 <= config.label_smoothing < 1:
-    raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    raise UsageError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
   if config.data_dir and os.path.exists(config.data_dir) and not os.path.isdir(
       config.data_dir):
-    raise ValueError(f"data_dir {config.data_dir} is not a folder")
+    raise UsageError(f"data_dir {config.data_dir} is not a folder")
   if config.dataset == "fashion_mnist_offline" and config.manual_dir:
     for prefix in ("train", "t10k"):  # tfds only asserts the folder is not empty
       images_lib.fashion_mnist_paths(config.manual_dir, prefix)

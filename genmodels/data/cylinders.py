@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from genmodels.errors import UsageError
+
 RADIUS_RANGE = (0.10, 0.40)  # Below ~0.1 a cylinder is under 6 pixels wide at 32 x 32.
 HEIGHT_RANGE = (0.15, 0.70)
 FLOOR = 0.14  # Height of the base's centre above the image's bottom edge.
@@ -73,10 +75,10 @@ def render(radius, height, size: int = DEFAULT_SIZE) -> np.ndarray:
   r = np.asarray(radius, np.float32).reshape(-1, 1, 1)
   h = np.asarray(height, np.float32).reshape(-1, 1, 1)
   if r.shape != h.shape:
-    raise ValueError(f"radius and height must have the same size, got "
+    raise UsageError(f"radius and height must have the same size, got "
                      f"{np.size(radius)} and {np.size(height)}")
   if np.any(r <= 0) or np.any(h <= 0):
-    raise ValueError("radius and height must be positive")
+    raise UsageError("radius and height must be positive")
   pixel = 1.0 / size
   centres = ((np.arange(size) + 0.5) * pixel).astype(np.float32)
   x = (centres - 0.5)[None, None, :]  # Horizontal, 0 at the axis.
@@ -98,9 +100,9 @@ def sample(n: int, seed: int = 0, split: str = "train",
            size: int = DEFAULT_SIZE) -> Cylinders:
   """n cylinders with r and h uniform over their ranges, from (seed, split)."""
   if n <= 0:
-    raise ValueError(f"number of cylinders must be positive, got {n}")
+    raise UsageError(f"number of cylinders must be positive, got {n}")
   if split not in _SPLIT_STREAM:
-    raise ValueError(f"unknown split {split!r}; valid: {', '.join(_SPLIT_STREAM)}")
+    raise UsageError(f"unknown split {split!r}; valid: {', '.join(_SPLIT_STREAM)}")
   rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
   radius = rng.uniform(*RADIUS_RANGE, size=n).astype(np.float32)
   height = rng.uniform(*HEIGHT_RANGE, size=n).astype(np.float32)

@@ -36,6 +36,7 @@ except ImportError:
 
 import tensorflow_datasets as tfds  # noqa: E402
 
+from genmodels.errors import UsageError
 from genmodels import locking  # noqa: E402
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -78,21 +79,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
       raw = gzip.decompress(raw)
   except FileNotFoundError:
-    raise ValueError(f"IDX file not found: {path}; {fix}") from None
+    raise UsageError(f"IDX file not found: {path}; {fix}") from None
   except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-    raise ValueError(f"corrupt or truncated gzip in {path} ({e}); {fix}") from None
+    raise UsageError(f"corrupt or truncated gzip in {path} ({e}); {fix}") from None
   if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
     magic = raw[:4].hex() or "empty file"
-    raise ValueError(f"bad IDX magic number {magic} in {path}; {fix}")
+    raise UsageError(f"bad IDX magic number {magic} in {path}; {fix}")
   ndim, header = raw[3], 4 + 4 * raw[3]
   if len(raw) < header:
-    raise ValueError(f"truncated IDX header in {path}; {fix}")
+    raise UsageError(f"truncated IDX header in {path}; {fix}")
   shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
   dtype = np.dtype(_IDX_DTYPES[raw[2]])
   expected, got = int(np.prod(shape)) * dtype.itemsize, len(raw) - header
   if got != expected:
     what = "truncated" if got < expected else "has trailing bytes"
-    raise ValueError(f"IDX file {path} {what}: {got} data bytes, shape "
+    raise UsageError(f"IDX file {path} {what}: {got} data bytes, shape "
                      f"{shape} needs {expected}; {fix}")
   return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
@@ -103,7 +104,7 @@ def fashion_mnist_paths(folder: str | os.PathLike, prefix: str) -> list[str]:
            for kind in ("images-idx3", "labels-idx1")]
   for p in paths:
     if not os.path.exists(p):
-      raise ValueError(f"Fashion-MNIST file not found: {p}; install the Debian "
+      raise UsageError(f"Fashion-MNIST file not found: {p}; install the Debian "
                        "package dataset-fashion-mnist or pass manual_dir=<folder "
                        "with the 4 *-ubyte.gz files>")
   return paths
@@ -114,13 +115,13 @@ def read_fashion_mnist(folder: str | os.PathLike, prefix: str) -> tuple[np.ndarr
   paths = fashion_mnist_paths(folder, prefix)
   images, labels = read_idx(paths[0]), read_idx(paths[1])
   if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-    raise ValueError(f"{paths[0]}: expected uint8 [N,28,28] images, got "
+    raise UsageError(f"{paths[0]}: expected uint8 [N,28,28] images, got "
                      f"{images.dtype} {images.shape}; {paths[0]} is not Fashion-MNIST")
   if labels.ndim != 1 or len(labels) != len(images):
-    raise ValueError(f"{paths[1]} holds {labels.shape} labels but {paths[0]} "
+    raise UsageError(f"{paths[1]} holds {labels.shape} labels but {paths[0]} "
                      f"holds {len(images)} images; use matching IDX files")
   if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
-    raise ValueError(f"{paths[1]}: label {labels.max()} out of range [0, 10)")
+    raise UsageError(f"{paths[1]}: label {labels.max()} out of range [0, 10)")
   return images[..., None], labels.astype(np.int64)
 
 
@@ -257,7 +258,7 @@ def load_image_dataset(name: str, split: str, data_dir: str | None = None,
   if manual_dir is None:
     manual_dir = OFFLINE_DATASETS.get(name)
   if manual_dir is not None and not os.path.isdir(manual_dir):
-    raise ValueError(f"manual_dir {manual_dir} for {name!r} is not a folder; "
+    raise UsageError(f"manual_dir {manual_dir} for {name!r} is not a folder; "
                      "pass the folder that holds the dataset files")
   builder = prepare(name, data_dir, manual_dir)
   if limit and "[" not in split and limit < builder.info.splits[split].num_examples:

@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from genmodels.errors import UsageError
+
 JOB_TITLES = ("ml_engineer", "data_scientist", "software_engineer",
               "product_manager", "designer")
 JOB_SHARES = (0.4, 0.15, 0.15, 0.15, 0.15)
@@ -74,10 +76,10 @@ def features(job, visits) -> np.ndarray:
   job = np.asarray(job).reshape(-1)
   visits = np.asarray(visits, np.float32).reshape(-1)
   if job.shape != visits.shape:
-    raise ValueError(f"job and visits must have the same size, got {job.size} "
+    raise UsageError(f"job and visits must have the same size, got {job.size} "
                      f"and {visits.size}")
   if job.size and (job.min() < 0 or job.max() >= len(JOB_TITLES)):
-    raise ValueError(f"job indices must be in 0..{len(JOB_TITLES) - 1}")
+    raise UsageError(f"job indices must be in 0..{len(JOB_TITLES) - 1}")
   onehot = np.eye(len(JOB_TITLES), dtype=np.float32)[job]
   scaled = 2.0 * visits / MAX_VISITS - 1.0
   return np.concatenate([onehot, scaled[:, None]], axis=1)
@@ -86,9 +88,9 @@ def features(job, visits) -> np.ndarray:
 def sample(n: int, seed: int = 0, split: str = "train") -> Subscriptions:
   """n visitors drawn from (seed, split)."""
   if n <= 0:
-    raise ValueError(f"number of visitors must be positive, got {n}")
+    raise UsageError(f"number of visitors must be positive, got {n}")
   if split not in _SPLIT_STREAM:
-    raise ValueError(f"unknown split {split!r}; valid: {', '.join(_SPLIT_STREAM)}")
+    raise UsageError(f"unknown split {split!r}; valid: {', '.join(_SPLIT_STREAM)}")
   rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
   job = rng.choice(len(JOB_TITLES), size=n, p=JOB_SHARES).astype(np.int32)
   visits = rng.integers(0, MAX_VISITS + 1, size=n).astype(np.int32)

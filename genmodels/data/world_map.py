@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from genmodels.errors import UsageError
+
 CELLS_PER_DEGREE = 120
 LON_RANGE = (-180.0, 180.0)
 LAT_RANGE = (-90.0, 90.0)
@@ -46,13 +48,13 @@ def ocean_mask() -> np.ndarray:
   try:
     from global_land_mask import globe  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise FileNotFoundError(
+    raise UsageError(
         "the world-map data needs the land mask of the PyPI package "
         "'global-land-mask': pip install global-land-mask") from e
   mask = globe._mask  # pylint: disable=protected-access
   expected = (180 * CELLS_PER_DEGREE, 360 * CELLS_PER_DEGREE)
   if mask.shape != expected or mask.dtype != np.bool_:
-    raise ValueError(
+    raise UsageError(
         f"global-land-mask's mask has shape {mask.shape} and dtype {mask.dtype}, "
         f"expected {expected} bool: reinstall global-land-mask")
   return mask
@@ -96,7 +98,7 @@ def on_land(points: np.ndarray) -> np.ndarray:
   """True where a (lon, lat) point in degrees lies on land; False off the map."""
   points = np.asarray(points)
   if points.ndim < 1 or points.shape[-1] != 2:
-    raise ValueError(f"points must have shape [..., 2] (lon, lat in degrees), "
+    raise UsageError(f"points must have shape [..., 2] (lon, lat in degrees), "
                      f"got {points.shape}")
   rows, cols = _cell_index(points)
   return ~ocean_mask()[rows, cols] & in_box(points) & np.isfinite(points).all(-1)
@@ -133,7 +135,7 @@ def load(num_train: int = 100_000, num_validation: int = 10_000,
   for name, n in (("num_train", num_train), ("num_validation", num_validation),
                   ("num_test", num_test)):
     if int(n) <= 0:
-      raise ValueError(f"{name} must be a positive number of points, got {n}")
+      raise UsageError(f"{name} must be a positive number of points, got {n}")
   sizes = {"train": num_train, "validation": num_validation, "test": num_test}
   splits = {
       split: sample_land(np.random.default_rng([seed, _SPLIT_STREAM[split]]),
@@ -150,7 +152,7 @@ def land_fraction_grid(cells_per_degree: int = 2) -> np.ndarray:
   For drawing coastlines and for the exact density of the data on a coarse grid.
   """
   if CELLS_PER_DEGREE % cells_per_degree:
-    raise ValueError(f"cells_per_degree must divide {CELLS_PER_DEGREE}")
+    raise UsageError(f"cells_per_degree must divide {CELLS_PER_DEGREE}")
   f = CELLS_PER_DEGREE // cells_per_degree
   ocean = ocean_mask()
   rows = []

@@ -10,53 +10,49 @@ import os
 import jax
 import numpy as np
 
+from genmodels import models
 from genmodels import plotting
 from genmodels import probability
-from genmodels import yardstick
+from genmodels.density import yardstick
 from genmodels.data import world_map
 from genmodels.training import experiment
 from genmodels.training import provenance
 
 SAMPLE_CHUNK = 100_000  # samples drawn per call: bounds the memory of a flow's inverse
 
-DISPLAY_NAMES = {
-    "box": "uniform box",
-    "gaussian_diag": "Gaussian, diagonal",
-    "gaussian_full": "Gaussian, full covariance",
-    "gmm": "mixture of Gaussians",
-    "realnvp": "RealNVP (affine couplings)",
-    "spline_flow": "rational-quadratic spline flow",
-    "autoregressive": "autoregressive p(lat) p(lon∣lat)",
-    "vae": "VAE (IWAE bound)",
-    "gan": "GAN (non-saturating, R1; rejection-sampled)",
-    "ebm": "energy-based model (CD, Langevin)",
-    "flow_matching": "flow matching (continuous flow)",
-    "diffusion": "diffusion (DDPM, probability-flow ODE)",
-    "ensemble": "ensemble: autoregressive + spline flow",
-    "histogram": "histogram, 0.25°, total-variation prior",
-    "ebm_tv": "4 energy models (MLE) + TV histogram",
-}
-
-# Chapter 1's taxonomy: how each model treats the density, and its chapter.
-BRANCHES = ("tractable density", "approximate density", "implicit density")
-FAMILIES = {
-    "box": (0, "baseline"), "gaussian_diag": (0, "baseline"),
-    "gaussian_full": (0, "baseline"), "gmm": (0, "mixture"),
-    "realnvp": (0, "normalizing flow, ch. 6"), "spline_flow": (0, "normalizing flow, ch. 6"),
-    "autoregressive": (0, "autoregressive, ch. 5"),
-    "flow_matching": (0, "continuous normalizing flow, ch. 8"),
-    "ensemble": (0, "mixture across families"),
-    "histogram": (0, "histogram"),
-    "ebm_tv": (0, "mixture: energy models by MLE + histogram"),
-    "vae": (1, "VAE, ch. 3"), "ebm": (1, "energy-based, ch. 7"),
-    "diffusion": (1, "diffusion, ch. 8"),
-    "gan": (2, "GAN, ch. 4"),
-}
+# Chapter 1's taxonomy: how each model treats the density (its card's branch).
+BRANCH_TITLES = {"tractable": "tractable density", "approximate": "approximate density",
+                 "implicit": "implicit density"}
 IWAE_CHECK_POINTS = 10_000  # validation points for a bound's "double K" check
 
 
 def branch(name: str) -> str:
-  return BRANCHES[FAMILIES.get(name, (0, ""))[0]]
+  """The model's branch of chapter 1's taxonomy, from its card."""
+  return models.card(name).branch
+
+
+def display_name(name: str) -> str:
+  return models.card(name).display
+
+
+class ImpossibleResult(RuntimeError):
+  """A score no correct model can reach (a KL below zero): a bug in the model."""
+
+
+def check_kl(name: str, kl: float, standard_error: float) -> None:
+  """Fails where the held-out KL is below zero by more than its noise.
+
+  The data are uniform on land, so KL-hat = mean(-log q(x)) - H over the test
+  points, with standard error std(-log q) / sqrt(N): a perfect model has
+  -log q constant and KL-hat exactly 0. Below -(4 SE + 1e-3) the model's
+  density does not integrate to one (a forgotten log-determinant, say).
+  """
+  if np.isfinite(kl) and kl < -(4 * standard_error + 1e-3):
+    raise ImpossibleResult(
+        f"model {name!r}: held-out KL to the truth is {kl:.4f} nats (standard error "
+        f"{standard_error:.4f}), below zero, which no normalised density can reach: "
+        f"its log_prob does not integrate to one (check its log-determinant or "
+        f"normaliser)")
 
 
 COLUMNS = """\
@@ -110,9 +106,12 @@ def score(trained, data: world_map.WorldMapData, result, samples) -> dict:
   zero = float(test["zero_density"])
   row.update(test_nll=test_nll, kl_to_truth=probability.kl_to_truth(test_nll, entropy),
              zero_density_fraction=zero, validation_nll=float(val["nll"]))
-  if getattr(trained.model, "log_prob_is_bound", False):
+  if "nll_sq" in test and zero == 0:
+    var = max(float(test["nll_sq"]) - test_nll ** 2, 0.0)
+    check_kl(trained.name, row["kl_to_truth"], np.sqrt(var / len(data.test)))
+  if trained.model.log_prob_is_bound:
     row["kl_is_upper_bound"] = True
-  for key in sorted(set(test) - {"nll", "zero_density", "step", "split"}):
+  for key in sorted(set(test) - {"nll", "nll_sq", "zero_density", "step", "split"}):
     if key.endswith("_nll"):  # another bound's NLL: its KL to the truth too
       row[f"test_{key}"] = float(test[key])
       row[f"{key[:-4]}_kl_to_truth"] = float(test[key]) - entropy
@@ -131,7 +130,7 @@ def figures(name, trained, result, data, workdir, samples,
   the NLL curve if trained; the grid and samples also go to ``NAME_map.npz``
   for the taxonomy figure."""
   fig_dir = os.path.join(workdir, "figures")
-  title = DISPLAY_NAMES.get(name, name)
+  title = display_name(name)
   if trained.has_density:
     grid = plotting.density_grid(trained.log_prob, cells_per_degree)
     what = "model density"
@@ -166,17 +165,17 @@ def taxonomy_figure(workdir: str, names) -> str | None:
   """figures/taxonomy.png from the models' saved maps, grouped by branch."""
   fig_dir = os.path.join(workdir, "figures")
   branches = []
-  for b in BRANCHES:
+  for b in models.BRANCHES:
     panels = []
     for name in names:
       path = os.path.join(fig_dir, f"{name}_map.npz")
       if branch(name) == b and os.path.exists(path):
         with np.load(path) as z:
-          family = f" · {FAMILIES[name][1]}" if name in FAMILIES else ""
-          panels.append((f"{DISPLAY_NAMES.get(name, name)}{family}\n{z['what']}",
+          card = models.card(name)
+          panels.append((f"{card.display} · {card.family_label}\n{z['what']}",
                          z["density"], z["samples"]))
     if panels:
-      branches.append((b, panels))
+      branches.append((BRANCH_TITLES[b], panels))
   if not branches:
     return None
   return plotting.taxonomy_map(branches, os.path.join(fig_dir, "taxonomy.png"),
@@ -207,7 +206,7 @@ def format_table(rows: dict[str, dict], entropy: float) -> str:
   for name, r in rows.items():
     zero = r["zero_density_fraction"]
     lines.append(
-        f"| {branch(name).split()[0]} | {DISPLAY_NAMES.get(name, name)} (`{name}`) | "
+        f"| {branch(name)} | {display_name(name)} (`{name}`) | "
         f"{r['num_params']:,} | {_num(r['test_nll'], '.3f')} | {_kl_text(r)} | "
         f"{'—' if zero is None else f'{100 * zero:.3f}%'} | {r['land_precision']:.3f} | "
         f"{r['binned_kl_1deg']:.3f} ({r['binned_kl_1deg_floor']:.3f}) | "
@@ -239,7 +238,7 @@ def write_report(workdir: str, rows: dict, run: dict) -> str:
     lines += ["![every model](figures/taxonomy.png)", ""]
   for name, r in rows.items():
     paths = r.get("figures", [])
-    lines += [f"## {DISPLAY_NAMES.get(name, name)} (`{name}`)", ""]
+    lines += [f"## {display_name(name)} (`{name}`)", ""]
     lines += [f"![{p}]({p})" for p in paths] + [""]
   path = os.path.join(workdir, "report.md")
   with open(path, "w") as f:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from genmodels import models
+from genmodels.errors import UsageError
 from genmodels.data import world_map
 from genmodels.density import config as config_lib
 from genmodels.density import report
@@ -23,13 +24,13 @@ from genmodels.training import experiment
 def density_loss(model: nn.Module):
   """Maximum likelihood: the mean negative log-likelihood of the batch, in nats.
 
-  A model that is not trained by maximum likelihood (a diffusion model's
-  denoising loss, a VAE's negative ELBO, a GAN's two players, an energy
-  model's contrastive divergence) has a ``training_loss(x, rng) -> (loss,
-  metrics)`` method instead; its mutable collections (a replay buffer, say)
-  are updated by the step like BatchNorm statistics.
+  A model that is not trained by maximum likelihood (``trains_by_nll`` False:
+  a diffusion model's denoising loss, a VAE's negative ELBO, a GAN's two
+  players, an energy model's contrastive divergence) trains on its own
+  ``training_loss(x, rng) -> (loss, metrics)``; its mutable collections (a
+  replay buffer, say) are updated by the step like BatchNorm statistics.
   """
-  if hasattr(model, "training_loss"):
+  if not model.trains_by_nll:
     def own_loss(variables, batch, rng, train):
       del train
       mutable = [k for k in variables if k != "params"] or False
@@ -54,17 +55,17 @@ def density_init(model: nn.Module, train_x):
 
 
 def density_eval(model: nn.Module):
-  """Per-point NLL (inf where the model gives density 0), the zero-density flag
-  and the model's own ``eval_metrics`` if it has them; None for an implicit model."""
-  if not models.has_density(model):
+  """The model's per-point ``eval_metrics`` (its NLL, inf where the model gives
+  density 0, and any bound's) and the zero-density flag; None for an implicit
+  model."""
+  if not model.has_density:
     return None
 
   def eval_fn(variables, batch):
-    if hasattr(model, "eval_metrics"):
-      out = model.apply(variables, batch["x"], method="eval_metrics")
-    else:
-      out = {"nll": -model.apply(variables, batch["x"], method="log_prob")}
-    return {**out, "zero_density": (out["nll"] == jnp.inf).astype(jnp.float32)}
+    out = model.apply(variables, batch["x"], method="eval_metrics")
+    # nll_sq: the NLL's second moment, for the standard error of the KL.
+    return {**out, "nll_sq": jnp.square(out["nll"]),
+            "zero_density": (out["nll"] == jnp.inf).astype(jnp.float32)}
 
   return eval_fn
 
@@ -73,26 +74,26 @@ def model_names(config) -> list[str]:
   """The models ``config.model`` asks for, in order: names and the groups
   "ladder" and "taxonomy", comma-separated (e.g. "ladder,vae,gan"), each
   model once."""
-  groups = {"ladder": config_lib.LADDER, "taxonomy": config_lib.TAXONOMY}
-  valid = f"ladder, taxonomy, {', '.join(models.DENSITY_MODELS)}"
+  groups = {"ladder": config_lib.ladder(), "taxonomy": config_lib.taxonomy()}
+  valid = f"ladder, taxonomy, {', '.join(models.names())}"
   names = []
   for name in (n.strip() for n in config.model.split(",")):
     for member in groups.get(name, [name] if name else []):
-      if member not in models.DENSITY_MODELS:
-        raise ValueError(f"unknown --model {member!r}; valid: {valid}")
+      if member not in models.cards():
+        raise UsageError(f"unknown --model {member!r}; valid: {valid}")
       if member not in config.models:
-        raise ValueError(f"model {member!r} has no config in config.models: add one")
+        raise UsageError(f"model {member!r} has no config in config.models: add one")
       if member not in names:
         names.append(member)
   if not names:
-    raise ValueError(f"--model names no model; valid: {valid}")
+    raise UsageError(f"--model names no model; valid: {valid}")
   return names
 
 
 def check(config) -> None:
   for key in ("num_train", "num_validation", "num_test", "num_samples"):
     if not 0 < config[key] < float("inf"):
-      raise ValueError(f"{key} must be a positive number, got {config[key]}")
+      raise UsageError(f"{key} must be a positive number, got {config[key]}")
   for name in model_names(config):
     check_model(name, config.models[name].model.to_dict())
 
@@ -105,12 +106,12 @@ def check_model(name: str, fields: dict) -> None:
   try:
     variables = jax.eval_shape(lambda: trained_lib.init_variables(model, key, x))
     params = {"params": variables["params"]}
-    if models.has_density(model):
+    if model.has_density:
       jax.eval_shape(lambda p: model.apply(p, x, method="log_prob"), params)
     jax.eval_shape(lambda p: model.apply(p, key, 8, method="sample"), params)
   except Exception as e:  # pylint: disable=broad-except
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise ValueError(f"model {name!r} cannot be built from its fields "
+    raise UsageError(f"model {name!r} cannot be built from its fields "
                      f"(config.models.{name}.model): {first}") from None
 
 
@@ -152,10 +153,9 @@ def make_task(name: str, cfg, data: world_map.WorldMapData, seed: int,
       loss=density_loss(model),
       train_data={"x": data.train},
       eval_fn=density_eval(model),
-      eval_prepare=(jax.jit(functools.partial(models.with_normalizers, model))
-                    if hasattr(model, "cache_normalizers") else None),
+      eval_prepare=jax.jit(functools.partial(models.with_normalizers, model)),
       eval_data=({"validation": {"x": data.validation}, "test": {"x": data.test}}
-                 if models.has_density(model) else None),
+                 if model.has_density else None),
       report=report_row)
 
 

@@ -14,12 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from genmodels.errors import UsageError
 from genmodels import models
 
 
 def init_variables(model, rng, x):
   """The model's variables, initialised as its loss sees them (from points x)."""
-  if hasattr(model, "training_loss"):
+  if not model.trains_by_nll:
     return model.init(rng, x, rng, method="training_loss")
   return model.init(rng, x, method="log_prob")
 
@@ -35,7 +36,7 @@ class TrainedDensity:
 
   def __init__(self, name: str, model, params):
     self.name, self.model, self.params = name, model, params
-    self.has_density = models.has_density(model)
+    self.has_density = model.has_density
     self._log_prob = jax.jit(lambda v, x: model.apply(v, x, method="log_prob"))
     self._prepare = jax.jit(functools.partial(models.with_normalizers, model))
     self._variables, self._variables_of = None, None  # params + cached normalizers
@@ -46,13 +47,13 @@ class TrainedDensity:
   def log_prob(self, x) -> np.ndarray:
     """log p(x) for points [N, 2] or a single point [2]; -inf where p is 0."""
     if not self.has_density:
-      raise ValueError(f"{self.name!r} is an implicit model: it has samples but no "
-                       "log_prob; score it with genmodels.yardstick.score_samples")
+      raise UsageError(f"{self.name!r} is an implicit model: it has samples but no "
+                       "log_prob; score it with genmodels.density.yardstick.score_samples")
     x = np.asarray(x, dtype=np.float32)
     single = x.ndim == 1
     x = x[None] if single else x
     if x.ndim != 2 or x.shape[-1] != 2:
-      raise ValueError(f"points must have shape [N, 2] as (longitude, latitude) "
+      raise UsageError(f"points must have shape [N, 2] as (longitude, latitude) "
                        f"in degrees, got {tuple(np.shape(x))}")
     if self._variables_of is not self.params:  # once per parameters: e.g. log Z
       self._variables = self._prepare({"params": self.params})
@@ -63,13 +64,11 @@ class TrainedDensity:
   def sample(self, key: jax.Array, n: int) -> np.ndarray:
     """n points [n, 2] in degrees."""
     if int(n) <= 0:
-      raise ValueError(f"n must be positive, got {n}")
+      raise UsageError(f"n must be positive, got {n}")
     return np.asarray(self._sample(self.params, key, int(n)))
 
   def diagnostics(self, x) -> dict[str, float]:
     """The model's own checks on points x (``diagnostics``), or {}."""
-    if not hasattr(self.model, "diagnostics"):
-      return {}
     out = self.model.apply({"params": self.params}, jnp.asarray(x, jnp.float32),
                            method="diagnostics")
     return {k: float(v) for k, v in out.items()}
@@ -91,7 +90,7 @@ def load_density(workdir: str, name: str | None = None) -> TrainedDensity:
   if name is None:
     results_path = os.path.join(workdir, "results.json")
     if not os.path.exists(results_path):
-      raise FileNotFoundError(f"no results.json in {workdir}: run "
+      raise UsageError(f"no results.json in {workdir}: run "
                               f"experiments/density_mle.py --workdir={workdir} first")
     with open(results_path) as f:
       rows = json.load(f)["models"]
@@ -99,7 +98,7 @@ def load_density(workdir: str, name: str | None = None) -> TrainedDensity:
     name = min(explicit, key=lambda n: float(rows[n]["validation_nll"]))
   model_dir = os.path.join(workdir, "models", name)
   if not os.path.exists(os.path.join(model_dir, "model.json")):
-    raise FileNotFoundError(f"no trained model {name!r} in {workdir}/models")
+    raise UsageError(f"no trained model {name!r} in {workdir}/models")
   with open(os.path.join(model_dir, "model.json")) as f:
     spec = json.load(f)
   model = models.get_density_model(spec["name"], **spec["model"])

@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 
+from genmodels.errors import UsageError
 from genmodels.data import cylinders
 
 
@@ -23,7 +24,7 @@ class LinearProbe:
   def inverse(self, y) -> np.ndarray:
     """The latent z with probe(z) = y; needs a square, invertible W."""
     if self.weight.shape[0] != self.weight.shape[1]:
-      raise ValueError(f"only a square probe can be inverted, got W of shape "
+      raise UsageError(f"only a square probe can be inverted, got W of shape "
                        f"{self.weight.shape}")
     return np.linalg.solve(self.weight.T, (np.asarray(y, np.float64) - self.bias).T).T
 
@@ -39,7 +40,7 @@ def fit_linear_probe(z, y) -> LinearProbe:
   y = np.asarray(y, np.float64)
   y2 = y[:, None] if y.ndim == 1 else y
   if z.ndim != 2 or len(z) != len(y2):
-    raise ValueError(f"need z [N, D] and y [N, K], got {z.shape} and {y.shape}")
+    raise UsageError(f"need z [N, D] and y [N, K], got {z.shape} and {y.shape}")
   design = np.concatenate([z, np.ones((len(z), 1))], axis=1)
   coef, *_ = np.linalg.lstsq(design, y2, rcond=None)
   weight, bias = coef[:-1], coef[-1]

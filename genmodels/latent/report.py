@@ -15,7 +15,7 @@ import numpy as np
 from genmodels.data import cylinders
 from genmodels.latent.probes import (factors, fit_linear_probe, r2_score,
                                      volume_from_latent, walk_grid)
-from genmodels.models import autoencoder as ae_lib
+from genmodels.networks import autoencoder as ae_lib
 from genmodels.training import experiment
 
 

@@ -48,9 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genmodels.errors import UsageError
 from genmodels.data import cylinders
 from genmodels.latent import report
-from genmodels.models import autoencoder as ae_lib
+from genmodels.networks import autoencoder as ae_lib
 from genmodels.training import experiment
 
 
@@ -122,7 +123,7 @@ def prior_matched_pca_init(variables: dict, images, degrees_step: float = 2.0
   kernel = np.asarray(lin["kernel"], np.float64)
   bias = np.asarray(lin["bias"], np.float64)
   if kernel.shape[1] != 2:
-    raise ValueError("prior_matched_pca_init needs a 2-D latent")
+    raise UsageError("prior_matched_pca_init needs a 2-D latent")
   x = np.asarray(images, np.float64).reshape(len(images), -1)
   z = x @ kernel + bias
 
@@ -171,13 +172,13 @@ class TrainedAutoencoder:
 def check(config) -> None:
   for key in ("num_train", "num_test", "probe_examples", "walk_size"):
     if not 0 < config[key] < float("inf"):
-      raise ValueError(f"{key} must be a positive number, got {config[key]}")
+      raise UsageError(f"{key} must be a positive number, got {config[key]}")
   if config.image_size < 8:
-    raise ValueError(f"image_size must be at least 8, got {config.image_size}")
+    raise UsageError(f"image_size must be at least 8, got {config.image_size}")
   if config.num_train < 3:
-    raise ValueError("num_train must be at least 3 to fit a probe")
+    raise UsageError("num_train must be at least 3 to fit a probe")
   if not 0 <= config.autoencoder.prior_weight < float("inf"):
-    raise ValueError(f"autoencoder.prior_weight must be >= 0, got "
+    raise UsageError(f"autoencoder.prior_weight must be >= 0, got "
                      f"{config.autoencoder.prior_weight}")
 
 

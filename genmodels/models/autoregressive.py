@@ -63,7 +63,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genmodels.models.features import fourier_features
+from genmodels.errors import UsageError
+from genmodels.numerics.features import fourier_features
+from genmodels.models import base
 
 Array = jax.Array
 
@@ -221,7 +223,7 @@ class ConditionalNet(nn.Module):
                     bias_init=self.bias_init)(h)
 
 
-class AutoregressiveDensity(nn.Module):
+class AutoregressiveDensity(base.DensityModel):
   """p(first) p(second | first) on the box [lo, hi]; density 0 outside it.
 
   Attributes:
@@ -246,9 +248,9 @@ class AutoregressiveDensity(nn.Module):
 
   def _axes(self) -> tuple[int, int]:
     if self.order not in ORDERS:
-      raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+      raise UsageError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
     if self.conditional not in CONDITIONALS:
-      raise ValueError(f"conditional must be one of {', '.join(CONDITIONALS)}, "
+      raise UsageError(f"conditional must be one of {', '.join(CONDITIONALS)}, "
                        f"got {self.conditional!r}")
     return ORDERS[self.order]
 
@@ -313,3 +315,22 @@ class AutoregressiveDensity(nn.Module):
     u = jnp.stack([u_first, u_second] if first == 0 else [u_second, u_first], -1)
     lo, hi = jnp.asarray(self.lo, jnp.float32), jnp.asarray(self.hi, jnp.float32)
     return jnp.clip(lo + u * (hi - lo), lo, hi)
+
+
+SMALL = dict(bins=(72, 36), num_components=4, hidden=32, depth=1, num_frequencies=4)
+
+
+def _shrink(u):
+  u.model.update(SMALL)
+
+
+# p(lat) p(lon | lat), a fine categorical then a mixture of soft intervals
+# (order="lon_lat" flips the factorisation).
+AUTOREGRESSIVE = base.ModelCard(
+    "autoregressive", AutoregressiveDensity, "tractable", "autoregressive",
+    "autoregressive p(lat) p(lon∣lat)", chapter=5,
+    unit=lambda: base.density_unit(num_steps=2500, learning_rate=2e-3,
+                                   batch_size=2048, order="lat_lon",
+                                   num_components=32, hidden=256, depth=3,
+                                   num_frequencies=64),
+    smoke=_shrink, groups=("taxonomy",))

@@ -68,8 +68,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genmodels.models import ode
-from genmodels.models.features import fourier_features
+from genmodels.errors import UsageError
+from genmodels.numerics import ode
+from genmodels.numerics.features import fourier_features
+from genmodels.models import base
 
 Array = jax.Array
 
@@ -133,8 +135,9 @@ class TimeField(nn.Module):
     return nn.Dense(self.out, kernel_init=nn.initializers.zeros)(nn.silu(h))
 
 
-class _Continuous(nn.Module):
+class _Continuous(base.DensityModel):
   """Shared plumbing: standardisation, the network, the ODE likelihood."""
+  trains_by_nll = False  # trains on its own training_loss
   loc: Sequence[float] = (18.0, 0.0)
   scale: Sequence[float] = (88.0, 58.0)
   hidden: int = 256
@@ -347,7 +350,7 @@ class Diffusion(_Continuous):
     if self.parameterization == "eps":
       return raw(u, t)
     if self.parameterization != "skip":
-      raise ValueError(f"parameterization must be 'eps' or 'skip', got "
+      raise UsageError(f"parameterization must be 'eps' or 'skip', got "
                        f"{self.parameterization!r}")
     lam = self.logsnr(jnp.asarray(t, u.dtype))[..., None]
     return jnp.sqrt(jax.nn.sigmoid(-lam)) * u + jnp.sqrt(jax.nn.sigmoid(lam)) * raw(u, t)
@@ -373,7 +376,7 @@ class Diffusion(_Continuous):
       lam = self.logsnr_max - (self.logsnr_max - self.logsnr_min) * _stratified(t_rng, u)
       t = self.time_of_logsnr(lam)
     else:
-      raise ValueError(f"time_sampling must be 'cosine' or 'logsnr', got "
+      raise UsageError(f"time_sampling must be 'cosine' or 'logsnr', got "
                        f"{self.time_sampling!r}")
     lam = self.logsnr(t)[:, None]
     alpha, sigma = jnp.sqrt(jax.nn.sigmoid(lam)), jnp.sqrt(jax.nn.sigmoid(-lam))
@@ -410,3 +413,29 @@ class Diffusion(_Continuous):
 
     u, _ = jax.lax.scan(step, z, (jnp.arange(k), times[:-1], times[1:]))
     return self.from_unit(u)
+
+
+def _unit(**model):
+  """A time-dependent field, exact likelihood by the ODE. Each sample costs an
+  ODE solve (flow matching) or a network pass per step (diffusion's ancestral
+  sampling): the yardstick uses 100,000."""
+  u = base.density_unit(num_steps=20_000, learning_rate=2e-3, **model)
+  u.optimizer.warmup_steps = 200
+  u.num_samples = 100_000
+  u.figure_cells_per_degree = 1  # an ODE solve per point
+  return u
+
+
+SMALL_FIELD = dict(hidden=16, depth=2, num_frequencies=4, time_frequencies=2,
+                   num_ode_steps=4)
+
+FLOW_MATCHING = base.ModelCard(
+    "flow_matching", FlowMatching, "tractable", "continuous normalizing flow",
+    "flow matching (continuous flow)", chapter=8, unit=_unit,
+    smoke=lambda u: u.model.update(SMALL_FIELD), groups=("taxonomy",))
+DIFFUSION = base.ModelCard(
+    "diffusion", Diffusion, "approximate", "diffusion",
+    "diffusion (DDPM, probability-flow ODE)", chapter=8,
+    unit=lambda: _unit(num_sampling_steps=250),
+    smoke=lambda u: u.model.update(SMALL_FIELD, num_sampling_steps=10),
+    groups=("taxonomy",))

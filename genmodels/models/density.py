@@ -21,16 +21,19 @@ adds -sum(log scale) to every log-density.
 
 from typing import Sequence
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from genmodels.models import base
 
 Array = jax.Array
 LOG_2PI = float(np.log(2 * np.pi))
 
 
-class UniformBox(nn.Module):
+class UniformBox(base.DensityModel):
   """Uniform density on an axis-aligned box: the book's naive model.
 
   Its MLE is closed form: the bounding box of the training data (any larger box
@@ -81,7 +84,7 @@ def _mvn_log_prob(u: Array, mean: Array, chol: Array) -> Array:
   return -0.5 * jnp.sum(z**2, -1) - log_det - 0.5 * d * LOG_2PI
 
 
-class _Normalised(nn.Module):
+class _Normalised(base.DensityModel):
   """Shared plumbing: a fixed affine map from data units to normalised units."""
   loc: Sequence[float] = (0.0, 0.0)
   scale: Sequence[float] = (180.0, 90.0)
@@ -198,3 +201,24 @@ class GaussianMixture(_Normalised):
     comp = jax.random.categorical(k_rng, logits, shape=(n,))
     z = jax.random.normal(z_rng, (n, means.shape[-1]))
     return self.from_unit(means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z))
+
+
+def _shrink_gmm(u):
+  u.model.num_components = 8
+
+
+BOX = base.ModelCard(
+    "box", UniformBox, "tractable", "baseline", "uniform box",
+    unit=base.density_unit, groups=("ladder", "taxonomy"))
+GAUSSIAN_DIAG = base.ModelCard(
+    "gaussian_diag", functools.partial(Gaussian, diagonal=True), "tractable",
+    "baseline", "Gaussian, diagonal", unit=base.density_unit, fixed=("diagonal",),
+    groups=("ladder", "taxonomy"))
+GAUSSIAN_FULL = base.ModelCard(
+    "gaussian_full", Gaussian, "tractable", "baseline", "Gaussian, full covariance",
+    unit=base.density_unit, groups=("ladder", "taxonomy"))
+GMM = base.ModelCard(
+    "gmm", GaussianMixture, "tractable", "mixture", "mixture of Gaussians",
+    unit=lambda: base.density_unit(num_steps=2000, learning_rate=1e-2,
+                                   num_components=64),
+    smoke=_shrink_gmm, groups=("ladder", "taxonomy"))

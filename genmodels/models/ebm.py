@@ -85,7 +85,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genmodels.models.features import fourier_features
+from genmodels.errors import UsageError
+from genmodels.numerics.features import fourier_features
+from genmodels.models import base
 
 Array = jax.Array
 EnergyFn = Callable[[Array], Array]
@@ -187,7 +189,7 @@ def langevin(energy_fn: EnergyFn, u0: Array, rng: Array, num_steps: int,
   The acceptance returned is the mean share of accepted moves (1 for ULA).
   """
   if jump_every and not metropolis:
-    raise ValueError("jump_every needs metropolis=True (the jump is a Metropolis move)")
+    raise UsageError("jump_every needs metropolis=True (the jump is a Metropolis move)")
   def drift(g):
     if grad_clamp is not None:
       g = jnp.clip(g, -grad_clamp, grad_clamp)
@@ -257,7 +259,7 @@ class EnergyNet(nn.Module):
 
 # --------------------------------------------------------------------- model
 
-class EnergyModel(nn.Module):
+class EnergyModel(base.DensityModel):
   """exp(-E(x)) / Z on the box [lo, hi]; CD training with a Langevin replay buffer.
 
   Attributes:
@@ -281,6 +283,7 @@ class EnergyModel(nn.Module):
       likelihood with a stratified Monte Carlo log Z).
     normalizer_cells: cells per axis of that estimate (one point per cell).
   """
+  trains_by_nll = False  # trains on its own training_loss
   lo: Sequence[float] = (-180.0, -90.0)
   hi: Sequence[float] = (180.0, 90.0)
   hidden: int = 128
@@ -304,9 +307,9 @@ class EnergyModel(nn.Module):
 
   def setup(self):
     if self.head not in HEADS:
-      raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+      raise UsageError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
     if self.training not in TRAININGS:
-      raise ValueError(f"training must be one of {', '.join(TRAININGS)}, "
+      raise UsageError(f"training must be one of {', '.join(TRAININGS)}, "
                        f"got {self.training!r}")
     self.net = EnergyNet(self.hidden, self.depth, self.num_frequencies, self.head)
     # The replay buffer exists in CD training (created at init, mutable in the
@@ -445,3 +448,24 @@ class EnergyModel(nn.Module):
     return loss, {"cd": cd, "e_data": jnp.mean(e_data),
                   "e_samples": jnp.mean(e_samples), "reg": reg,
                   "acceptance": acceptance}
+
+
+SMALL = dict(hidden=16, depth=1, num_frequencies=4, sample_steps=10,
+             quadrature_cells=(90, 45))
+
+
+def _unit():
+  """Contrastive divergence with Langevin samples from a replay buffer, on a
+  soft-indicator energy (exp(-E) = sigmoid(f)). Its samples cost a Langevin
+  chain each: the yardstick uses 100,000."""
+  u = base.density_unit(num_steps=2500, learning_rate=2e-3, batch_size=512,
+                        sample_steps=50, head="log_sigmoid")
+  u.num_samples = 100_000
+  return u
+
+
+EBM = base.ModelCard(
+    "ebm", EnergyModel, "approximate", "energy-based",
+    "energy-based model (CD, Langevin)", chapter=7, unit=_unit,
+    smoke=lambda u: u.model.update(SMALL, buffer_size=512, langevin_steps=5),
+    groups=("taxonomy",))

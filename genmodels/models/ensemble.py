@@ -21,22 +21,30 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+
+from genmodels.errors import UsageError
+from genmodels.models import autoregressive
+from genmodels.models import base
+from genmodels.models import ebm
+from genmodels.models import flows
+from genmodels.training import optim
 
 Array = jax.Array
 
 
 def _make_parts(members, **kwargs) -> dict:
-  from genmodels import models  # pylint: disable=g-import-not-at-top
   if not members:
-    raise ValueError("an ensemble needs at least one member")
-  return {key: models.get_density_model(
+    raise UsageError("an ensemble needs at least one member")
+  return {key: base.get_density_model(
       spec["name"], **{k: v for k, v in spec.items() if k != "name"}, **kwargs)
           for key, spec in members.items()}
 
 
-class EnsembleDensity(nn.Module):
+class EnsembleDensity(base.DensityModel):
   """(1/M) sum_m p_m(x) over ``members``: {member name: {"name": model, **fields}}."""
+  trains_by_nll = False  # trains on its own training_loss
   members: Mapping[str, Mapping[str, Any]]
 
   def setup(self):
@@ -51,11 +59,9 @@ class EnsembleDensity(nn.Module):
     return jnp.stack([self._part(key).log_prob(x) for key in self.members])
 
   def cache_normalizers(self) -> None:
-    """Each member's ``cache_normalizers``, where it has one (energy models)."""
+    """Each member's ``cache_normalizers`` (an energy model's log Z)."""
     for key in self.members:
-      part = self._part(key)
-      if hasattr(part, "cache_normalizers"):
-        part.cache_normalizers()
+      self._part(key).cache_normalizers()
 
   def log_prob(self, x: Array) -> Array:
     return jax.nn.logsumexp(self.member_log_probs(x), axis=0) - np.log(len(self.members))
@@ -67,7 +73,7 @@ class EnsembleDensity(nn.Module):
     losses, metrics, log_probs = [], {}, []
     for i, key in enumerate(self.members):
       part = self._part(key)
-      if hasattr(part, "training_loss"):
+      if not part.trains_by_nll:
         loss, own = part.training_loss(x, jax.random.fold_in(rng, i))
         metrics.update({f"{name}_{key}": v for name, v in own.items()})
       else:
@@ -94,7 +100,65 @@ class EnsembleDensity(nn.Module):
   def num_free_params(self, params) -> int:
     total = 0
     for key, part in _make_parts(self.members, parent=None).items():
-      p = params[key]
-      total += (int(part.num_free_params(p)) if hasattr(part, "num_free_params")
-                else int(sum(np.size(v) for v in jax.tree.leaves(p))))
+      total += int(part.num_free_params(params[key]))
     return total
+
+
+def _ensemble_unit():
+  """The autoregressive model and the spline flow, each trained by its own MLE
+  with its own optimizer, averaged: their memorised noise partly cancels."""
+  u = base.density_unit(num_steps=3000, batch_size=2048, members=dict(
+      autoregressive=dict(name="autoregressive", order="lat_lon", num_components=32,
+                          hidden=256, depth=3, num_frequencies=64),
+      spline_flow=dict(name="spline_flow", num_layers=4, hidden=128, depth=2,
+                       num_frequencies=32, num_bins=32)))
+  u.optimizer = ml_collections.ConfigDict({
+      "autoregressive": optim.optimizer_config(
+          name="adamw", learning_rate=2e-3, schedule="warmup_cosine", grad_clip=1.0),
+      "spline_flow": optim.optimizer_config(
+          name="adamw", learning_rate=1e-3, schedule="warmup_cosine", grad_clip=1.0,
+          weight_decay=0.1)})
+  return u
+
+
+def _shrink_ensemble(u):
+  u.model.members.autoregressive.update(autoregressive.SMALL)
+  u.model.members.spline_flow.update(flows.SMALL)
+
+
+def _ebm_tv_unit(num_energies: int = 4) -> ml_collections.ConfigDict:
+  """The best density on the map: an equal mixture of ``num_energies`` energy
+  models and the total-variation histogram. Each energy model is a soft land
+  indicator exp(-E) = sigmoid(f) trained by maximum likelihood (log Z by
+  stratified Monte Carlo) on a short schedule, which is its early stopping
+  (exact MLE memorises the training points); each draws its own init and
+  log Z points, and their memorised noise partly cancels in the mixture. The
+  histogram adds coasts sharp to a cell where the smooth networks blur them."""
+  energy = dict(name="ebm", head="log_sigmoid", training="mle")
+  members = {f"energy{i}": dict(energy) for i in range(num_energies)}
+  members["histogram"] = dict(name="histogram")
+  u = base.density_unit(num_steps=2000, batch_size=2048, members=members)
+  blocks = {key: optim.optimizer_config(name="adamw", learning_rate=2e-3,
+                                        schedule="warmup_cosine", grad_clip=1.0)
+            for key in members}
+  blocks["histogram"] = optim.optimizer_config(name="adam", learning_rate=0.1,
+                                               schedule="warmup_cosine")
+  u.optimizer = ml_collections.ConfigDict(blocks)
+  u.num_samples = 100_000  # a Langevin chain per sample and energy model
+  return u
+
+
+def _shrink_ebm_tv(u):
+  for key, member in u.model.members.items():
+    member.update(dict(cells=(72, 36)) if key == "histogram"
+                  else dict(ebm.SMALL, normalizer_cells=(16, 8)))
+
+
+ENSEMBLE = base.ModelCard(
+    "ensemble", EnsembleDensity, "tractable", "mixture across families",
+    "ensemble: autoregressive + spline flow", unit=_ensemble_unit,
+    smoke=_shrink_ensemble, groups=("taxonomy",))
+EBM_TV = base.ModelCard(
+    "ebm_tv", EnsembleDensity, "tractable",
+    "mixture: energy models by MLE + histogram", "4 energy models (MLE) + TV histogram",
+    unit=_ebm_tv_unit, smoke=_shrink_ebm_tv, groups=("taxonomy",))

@@ -3,7 +3,7 @@
 A generator G maps noise eps ~ N(0, I) to a point; a discriminator D scores
 points, real (training data) against fake (G's samples). The model has samples
 but no density: ``log_prob`` raises, and the GAN is scored from its samples
-alone by the yardstick (``genmodels.yardstick``: binned KL, land precision and
+alone by the yardstick (``genmodels.density.yardstick``: binned KL, land precision and
 recall).
 
 **Objective: the non-saturating loss with an R1 penalty** (Mescheder et al.
@@ -75,15 +75,19 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from genmodels.models import rejection
-from genmodels.models.features import fourier_features
+from genmodels.errors import UsageError
+from genmodels.models import base
+from genmodels.numerics import rejection
+from genmodels.numerics.features import fourier_features
+from genmodels.training import optim
 
 Array = jax.Array
 
 NO_DENSITY = ("the GAN is an implicit model: it has no log_prob; score its "
-              "samples with the yardstick (genmodels.yardstick.score_samples)")
+              "samples with the yardstick (genmodels.density.yardstick.score_samples)")
 
 
 def fold_into_box(y: Array) -> Array:
@@ -160,7 +164,7 @@ class Generator(nn.Module):
   @nn.compact
   def __call__(self, eps: Array, init_u: Array | None = None) -> Array:
     if self.noise_dim < self.out_dim:
-      raise ValueError(f"noise_dim must be at least {self.out_dim}, got {self.noise_dim}")
+      raise UsageError(f"noise_dim must be at least {self.out_dim}, got {self.noise_dim}")
     probs = jnp.linspace(0.0, 1.0, self.num_quantiles + 1)
 
     def init_knots(_):
@@ -171,7 +175,7 @@ class Generator(nn.Module):
     p = jax.scipy.special.ndtr(eps[..., :self.out_dim])
     if self.bands:
       if self.out_dim != 2:
-        raise ValueError(f"bands need out_dim 2 (lon, lat), got {self.out_dim}")
+        raise UsageError(f"bands need out_dim 2 (lon, lat), got {self.out_dim}")
       lat_knots = self.param("lat_quantiles", lambda k: init_knots(k)[1])
       lon_knots = self.param(
           "lon_quantiles", lambda k: jnp.tile(init_knots(k)[:1], (self.bands, 1))
@@ -280,7 +284,7 @@ def generator_loss(d: Callable, d_params, raw: Array, box_weight: float) -> tupl
                                              "box_excess": excess}
 
 
-class GAN(nn.Module):
+class GAN(base.DensityModel):
   """Generator and discriminator MLPs on (lon, lat); samples, no density.
 
   Parameters have two top-level parts, ``generator`` and ``discriminator``, for
@@ -306,6 +310,7 @@ class GAN(nn.Module):
       exp(D - M), M this quantile of D (discriminator rejection sampling,
       ``rejection.py``); 0: G's points as they come.
   """
+  trains_by_nll = False  # trains on its own training_loss
   has_density = False  # implicit: scored by the sample yardstick alone
 
   lo: Sequence[float] = (-180.0, -90.0)
@@ -327,7 +332,7 @@ class GAN(nn.Module):
 
   def setup(self):
     if not 0.0 <= self.rejection_quantile <= 1.0:  # NaN fails too
-      raise ValueError(f"rejection_quantile must be in [0, 1] (0: no rejection), "
+      raise UsageError(f"rejection_quantile must be in [0, 1] (0: no rejection), "
                        f"got {self.rejection_quantile}")
     if self.coarse_to_fine_steps:
       self.counter = StepCounter()
@@ -412,4 +417,31 @@ class GAN(nn.Module):
         rng, propose, self.discriminator, n, self.rejection_quantile))
 
   def log_prob(self, x: Array) -> Array:
-    raise ValueError(NO_DENSITY)
+    raise UsageError(NO_DENSITY)
+
+
+def _unit():
+  """Two players, two optimizers (D learns faster), no clipping; G starts at
+  the data's longitude quantiles in 8 bands of latitude."""
+  u = base.density_unit(
+      num_steps=12_000, batch_size=256, generator_hidden=128, generator_blocks=2,
+      discriminator_hidden=128, discriminator_depth=3, r1_weight=1e-3,
+      generator_frequencies=32, discriminator_frequencies=32,
+      coarse_to_fine_steps=8000, generator_bands=8)
+  u.optimizer = ml_collections.ConfigDict({
+      part: optim.optimizer_config(name="adam", learning_rate=lr,
+                                   schedule="warmup_cosine", warmup_steps=200)
+      for part, lr in (("generator", 5e-4), ("discriminator", 2e-3))})
+  return u
+
+
+def _shrink(u):
+  u.model.update(generator_hidden=16, generator_depth=1, generator_blocks=1,
+                 generator_frequencies=4, generator_quantiles=16,
+                 discriminator_hidden=16, discriminator_depth=1,
+                 discriminator_frequencies=4, coarse_to_fine_steps=20)
+
+
+GAN_CARD = base.ModelCard(
+    "gan", GAN, "implicit", "GAN", "GAN (non-saturating, R1; rejection-sampled)",
+    chapter=4, unit=_unit, smoke=_shrink, groups=("taxonomy",))

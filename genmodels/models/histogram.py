@@ -36,11 +36,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from genmodels.errors import UsageError
+from genmodels.models import base
 
 Array = jax.Array
 
 
-class TVHistogram(nn.Module):
+class TVHistogram(base.DensityModel):
   """Cell masses ~ sigmoid(theta) on ``cells`` = (columns, rows) equal cells of [lo, hi].
 
   Attributes:
@@ -50,6 +52,7 @@ class TVHistogram(nn.Module):
       in units of the box's width).
     tv_eps: smoothing of |d| in the penalty.
   """
+  trains_by_nll = False  # trains on its own training_loss
   lo: Sequence[float] = (-180.0, -90.0)
   hi: Sequence[float] = (180.0, 90.0)
   cells: Sequence[int] = (1440, 720)
@@ -58,9 +61,9 @@ class TVHistogram(nn.Module):
 
   def setup(self):
     if not (len(self.cells) == 2 and all(int(c) >= 1 for c in self.cells)):
-      raise ValueError(f"cells must be two positive counts, got {self.cells}")
+      raise UsageError(f"cells must be two positive counts, got {self.cells}")
     if not 0 <= self.tv_weight < float("inf"):
-      raise ValueError(f"tv_weight must be >= 0, got {self.tv_weight}")
+      raise UsageError(f"tv_weight must be >= 0, got {self.tv_weight}")
     nx, ny = (int(c) for c in self.cells)
     self.theta = self.param("theta", nn.initializers.zeros, (ny, nx))
     # The training counts: filled by ``training_loss`` at init.
@@ -140,3 +143,17 @@ class TVHistogram(nn.Module):
     corner = jnp.stack([col, row], -1).astype(jnp.float32)
     u = jax.random.uniform(jitter_rng, (n, 2))
     return (lo + (corner + u) * size).astype(jnp.float32)
+
+
+def _unit():
+  """Full batch (its loss reads the training counts; the batch is unused),
+  Adam at 0.1."""
+  u = base.density_unit(num_steps=1000, learning_rate=0.1, batch_size=256)
+  u.optimizer.update(name="adam", grad_clip=0.0)
+  return u
+
+
+HISTOGRAM = base.ModelCard(
+    "histogram", TVHistogram, "tractable", "histogram",
+    "histogram, 0.25°, total-variation prior", unit=_unit,
+    smoke=lambda u: u.model.update(cells=(72, 36)), groups=("taxonomy",))

@@ -64,8 +64,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genmodels.models.features import fourier_features
-from genmodels.models.gaussians import (cholesky_from_raw, gaussian_log_prob,
+from genmodels.errors import UsageError
+from genmodels.numerics.features import fourier_features
+from genmodels.models import base
+from genmodels.numerics.gaussians import (cholesky_from_raw, gaussian_log_prob,
                                         gaussian_sample, kl_to_standard_normal,
                                         num_cholesky_params, scale_head,
                                         softplus_inverse)
@@ -200,7 +202,7 @@ class LinearDecoder(nn.Module):
 # The model ---------------------------------------------------------------------
 
 
-class VAE(nn.Module):
+class VAE(base.DensityModel):
   """A VAE on (lon, lat) points; ``log_prob`` is the IWAE bound with K samples.
 
   Attributes:
@@ -224,6 +226,7 @@ class VAE(nn.Module):
       and from 256 to 512 by 0.0005.
     iwae_chunk: samples evaluated at once (memory: chunk x points x hidden).
   """
+  trains_by_nll = False  # trains on its own training_loss
   log_prob_is_bound = True  # IWAE: log_prob <= log p(x), so the KL is an upper bound
 
   lo: Sequence[float] = (-180.0, -90.0)
@@ -245,7 +248,7 @@ class VAE(nn.Module):
   def setup(self):
     for field in ("latent_dim", "hidden", "iwae_samples", "iwae_chunk"):
       if int(getattr(self, field)) < 1:
-        raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
+        raise UsageError(f"{field} must be at least 1, got {getattr(self, field)}")
     self.encoder = Encoder(self.latent_dim, self.hidden, self.encoder_depth,
                            self.num_frequencies, self.full_covariance,
                            self.min_scale, self.encoder_init_scale)
@@ -398,3 +401,22 @@ def exact_posterior_params(params: dict) -> dict:
                   "bias": jnp.asarray(-gain @ b, jnp.float32)},
          "scale": jnp.asarray(raw, jnp.float32)}
   return {**params, "encoder": enc}
+
+
+def _unit():
+  """Trained on the ELBO, scored by the IWAE bound (K = 256)."""
+  u = base.density_unit(num_steps=30_000, learning_rate=2e-3, batch_size=512)
+  u.optimizer.warmup_steps = 200
+  u.figure_cells_per_degree = 1  # the bound costs K decoder passes per point
+  return u
+
+
+def _shrink(u):
+  u.model.update(hidden=16, encoder_depth=1, decoder_depth=1, decoder_blocks=1,
+                 num_frequencies=4, latent_frequencies=4, iwae_samples=8,
+                 iwae_chunk=4)
+
+
+VAE_CARD = base.ModelCard(
+    "vae", VAE, "approximate", "VAE", "VAE (IWAE bound)", chapter=3, unit=_unit,
+    smoke=_shrink, groups=("taxonomy",))

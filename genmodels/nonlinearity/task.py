@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from genmodels.errors import UsageError
 from genmodels.data import tabular as tabular_data
-from genmodels.models import tabular as tabular_models
+from genmodels.networks import tabular as tabular_models
 from genmodels.nonlinearity import report
 from genmodels.training import experiment
 
@@ -41,10 +42,10 @@ def bernoulli_eval(model: nn.Module):
 def check(config) -> None:
   for key in ("num_train", "num_test"):
     if not 0 < config[key] < float("inf"):
-      raise ValueError(f"{key} must be a positive number, got {config[key]}")
+      raise UsageError(f"{key} must be a positive number, got {config[key]}")
   for name in config.models:
     if name not in tabular_models.TABULAR_MODELS:
-      raise ValueError(f"unknown model {name!r} in config.models; valid: "
+      raise UsageError(f"unknown model {name!r} in config.models; valid: "
                        f"{', '.join(tabular_models.TABULAR_MODELS)}")
 
 

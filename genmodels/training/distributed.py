@@ -23,6 +23,8 @@ from typing import Callable, TypeVar
 
 import jax
 
+from genmodels.errors import UsageError
+
 T = TypeVar("T")
 
 
@@ -49,16 +51,16 @@ def initialize(coordinator_address: str | None = None,
   if len(missing) == 3:
     return False
   if missing:
-    raise ValueError(
+    raise UsageError(
         f"multi-process runs need all of --coordinator_address, --num_processes "
         f"and --process_id; missing: {', '.join('--' + m for m in missing)}")
   if ":" not in str(coordinator_address):
-    raise ValueError(f"coordinator_address must be host:port, got "
+    raise UsageError(f"coordinator_address must be host:port, got "
                      f"{coordinator_address!r}")
   if int(num_processes) < 1:
-    raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    raise UsageError(f"num_processes must be >= 1, got {num_processes}")
   if not 0 <= int(process_id) < int(num_processes):
-    raise ValueError(f"process_id must be in 0..{int(num_processes) - 1}, got "
+    raise UsageError(f"process_id must be in 0..{int(num_processes) - 1}, got "
                      f"{process_id}")
   jax.distributed.initialize(coordinator_address=str(coordinator_address),
                              num_processes=int(num_processes),

@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from genmodels.errors import UsageError
 from genmodels.training import loop
 from genmodels.training import metrics as metrics_lib
 from genmodels.training import optim
@@ -63,7 +64,7 @@ def variant(variants: dict[str, Callable[[], ml_collections.ConfigDict]],
   """``variants[name]()``: a config file's ``get_config``, with a one-line error."""
   if name not in variants:
     valid = ", ".join(v or "(default)" for v in variants)
-    raise ValueError(f"unknown {what} config variant {name!r}; valid: {valid}")
+    raise UsageError(f"unknown {what} config variant {name!r}; valid: {valid}")
   return variants[name]()
 
 
@@ -111,13 +112,13 @@ def loop_config(train_cfg, num_examples: int, seed: int, progress: bool = True,
   """The loop's settings from a ``train`` block, for ``num_examples`` examples."""
   batch = int(train_cfg.batch_size)
   if batch <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch}")
+    raise UsageError(f"batch_size must be positive, got {batch}")
   steps_per_epoch = num_examples // batch
   if (train_cfg.epochs or train_cfg.unit == "epoch") and steps_per_epoch == 0:
-    raise ValueError(f"batch_size={batch} is larger than the {num_examples} "
+    raise UsageError(f"batch_size={batch} is larger than the {num_examples} "
                      f"training examples: lower batch_size")
   if train_cfg.unit not in ("step", "epoch"):
-    raise ValueError(f"train.unit must be 'step' or 'epoch', got {train_cfg.unit!r}")
+    raise UsageError(f"train.unit must be 'step' or 'epoch', got {train_cfg.unit!r}")
   scale = steps_per_epoch if train_cfg.unit == "epoch" else 1
   num_steps = (int(train_cfg.epochs) * steps_per_epoch if train_cfg.epochs
                else int(train_cfg.num_steps))
@@ -137,18 +138,18 @@ def check_unit(name: str, cfg, num_examples: int | None, seed: int) -> None:
   try:
     for key in ("num_steps", "epochs"):
       if not 0 <= cfg.train[key] < float("inf"):
-        raise ValueError(f"train.{key} must be >= 0, got {cfg.train[key]}")
+        raise UsageError(f"train.{key} must be >= 0, got {cfg.train[key]}")
     optim.check(cfg.optimizer)
     lc = loop_config(cfg.train, num_examples or 2**62, seed)
     lc.validate(num_examples if num_examples is not None else lc.batch_size)
   except ValueError as e:
-    raise ValueError(f"{prefix}{e}") from None
+    raise UsageError(f"{prefix}{e}") from None
 
 
 def validate(experiment: Experiment, config) -> None:
   """Every check of the config, before the workdir is touched (ValueError)."""
   if not 0 <= config.seed < 2**31:
-    raise ValueError(f"seed must be in [0, 2**31), got {config.seed}")
+    raise UsageError(f"seed must be in [0, 2**31), got {config.seed}")
   if hasattr(experiment, "check"):
     experiment.check(config)
   n = experiment.num_examples(config)

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 import tqdm
 
+from genmodels.errors import UsageError
 from genmodels.training import checkpoint as checkpoint_lib
 from genmodels.training import metrics as metrics_lib
 from genmodels.training import preemption
@@ -55,15 +56,15 @@ class LoopConfig:
     positive = ("batch_size", "log_every", "eval_batch_size", "steps_per_dispatch")
     for name in positive:
       if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
     for name in ("num_steps", "eval_every", "checkpoint_every"):
       if getattr(self, name) < 0:
-        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
     if self.num_steps and self.batch_size > num_examples:
-      raise ValueError(f"batch_size={self.batch_size} is larger than the "
+      raise UsageError(f"batch_size={self.batch_size} is larger than the "
                        f"{num_examples} training examples: lower batch_size")
     if self.checkpoint_every % self.log_every:
-      raise ValueError(f"checkpoint_every={self.checkpoint_every} must be a "
+      raise UsageError(f"checkpoint_every={self.checkpoint_every} must be a "
                        f"multiple of log_every={self.log_every}")
 
 
@@ -207,7 +208,7 @@ def setup(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
   config.validate(num_examples)
   mesh = sharding.make_mesh(config.num_devices)
   if config.batch_size % mesh.size:
-    raise ValueError(f"batch_size={config.batch_size} must be a multiple of the "
+    raise UsageError(f"batch_size={config.batch_size} must be a multiple of the "
                      f"{mesh.size} devices")
   repl = sharding.replicated(mesh)
   init_key, seed_key = jax.random.split(jax.random.key(config.seed))

@@ -20,6 +20,8 @@ optimizer (see ``make``).
 import ml_collections
 import optax
 
+from genmodels.errors import UsageError
+
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "onecycle")
 
@@ -33,7 +35,7 @@ def block(what: str, defaults: dict, overrides: dict) -> ml_collections.ConfigDi
   """A full config block: ``defaults`` with ``overrides`` (all of them known fields)."""
   unknown = set(overrides) - set(defaults)
   if unknown:
-    raise ValueError(f"unknown {what} fields {sorted(unknown)}; valid: "
+    raise UsageError(f"unknown {what} fields {sorted(unknown)}; valid: "
                      f"{', '.join(defaults)}")
   return ml_collections.ConfigDict({**defaults, **overrides})
 
@@ -50,22 +52,22 @@ def check(cfg) -> None:
       try:
         check(block)
       except (ValueError, AttributeError, KeyError) as e:
-        raise ValueError(f"optimizer.{part}: {e}") from None
+        raise UsageError(f"optimizer.{part}: {e}") from None
     return
   if cfg.name not in OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    raise UsageError(f"unknown optimizer {cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
   if cfg.schedule not in SCHEDULES:
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    raise UsageError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
   if not 0 < cfg.learning_rate < float("inf"):
-    raise ValueError(f"learning_rate must be a positive number, got {cfg.learning_rate}")
+    raise UsageError(f"learning_rate must be a positive number, got {cfg.learning_rate}")
   for key in ("weight_decay", "grad_clip", "warmup_steps", "end_factor"):
     if not 0 <= cfg[key] < float("inf"):
-      raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
+      raise UsageError(f"{key} must be >= 0, got {cfg[key]}")
   if not 0 < cfg.warmup_fraction < 1:
-    raise ValueError(f"warmup_fraction must be in (0, 1), got {cfg.warmup_fraction}")
+    raise UsageError(f"warmup_fraction must be in (0, 1), got {cfg.warmup_fraction}")
   for key in ("div_factor", "final_div_factor"):
     if not 0 < cfg[key] < float("inf"):
-      raise ValueError(f"{key} must be positive, got {cfg[key]}")
+      raise UsageError(f"{key} must be positive, got {cfg[key]}")
 
 
 def schedule(cfg, num_steps: int):
@@ -82,7 +84,7 @@ def schedule(cfg, num_steps: int):
     return optax.cosine_onecycle_schedule(
         int(num_steps), lr, pct_start=cfg.warmup_fraction,
         div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
-  raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+  raise UsageError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
 def per_part(cfg) -> bool:

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from genmodels.errors import UsageError
+
 DATA_AXIS = "data"
 
 
@@ -30,7 +32,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   """
   devices = jax.devices()
   if num_devices is not None and not 0 < num_devices <= len(devices):
-    raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are "
+    raise UsageError(f"num_devices={num_devices} but {len(devices)} devices are "
                      f"available: pick 1..{len(devices)}")
   nproc = jax.process_count()
   if nproc == 1:
@@ -39,7 +41,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
   per_process = len(devices) // nproc if num_devices is None else num_devices // nproc
   if num_devices is not None and num_devices % nproc:
-    raise ValueError(f"num_devices={num_devices} must be a multiple of the "
+    raise UsageError(f"num_devices={num_devices} must be a multiple of the "
                      f"{nproc} processes")
   chosen = []
   for p in range(nproc):  # Process order: process p holds a contiguous batch slice.

@@ -18,13 +18,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from genmodels.errors import UsageError
+
 _ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "elu": nn.elu,
                 "swish": nn.swish, "tanh": jnp.tanh}
 
 
 def activation(name: str):
   if name not in _ACTIVATIONS:
-    raise ValueError(f"unknown activation {name!r}; valid: {', '.join(_ACTIVATIONS)}")
+    raise UsageError(f"unknown activation {name!r}; valid: {', '.join(_ACTIVATIONS)}")
   return _ACTIVATIONS[name]
 
 
@@ -128,7 +130,7 @@ def pca_init(variables: dict, images, scale: float = 1.0) -> dict:
   """
   params = variables["params"]
   if "linear" not in params["encoder"]:
-    raise ValueError("pca_init needs an Autoencoder with linear_skip=True")
+    raise UsageError("pca_init needs an Autoencoder with linear_skip=True")
   k = params["encoder"]["linear"]["kernel"].shape[-1]
   mean, directions, std = principal_components(images, k)
   kernel = (directions.T / std * scale).astype(np.float32)

@@ -10,6 +10,7 @@ import time
 
 import jax
 
+from genmodels.errors import UsageError
 from genmodels import classify
 from genmodels.classify import config as classify_config
 from genmodels.training import checkpoint as checkpoint_lib
@@ -55,7 +56,7 @@ def measure_epoch(cache_dir: str, num_train: int, conv_impl: str, repeats: int,
   steps_per_epoch = len(train.labels) // batch
   k = min(config.train.steps_per_dispatch, steps_per_epoch)
   if steps_per_epoch % k:
-    raise ValueError(f"steps per epoch {steps_per_epoch} must be a multiple of "
+    raise UsageError(f"steps per epoch {steps_per_epoch} must be a multiple of "
                      f"steps_per_dispatch {k} for a single compiled step")
   task = classify.make_task(config, data, options)
   with compilation_cache():

@@ -51,6 +51,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from genmodels.errors import UsageError
 from genmodels.data import world_map
 
 CPD = world_map.CELLS_PER_DEGREE
@@ -92,7 +93,7 @@ def _cell_side(resolution_deg: float) -> int:
   r = float(resolution_deg)
   side = round(r * CPD) if math.isfinite(r) else 0
   if side < 1 or abs(r * CPD - side) > 1e-9 or _MASK_ROWS % side:
-    raise ValueError(
+    raise UsageError(
         f"resolution_deg must divide 180 and be a multiple of 1/{CPD} degree "
         f"(e.g. 4, 1, 0.5, 0.25), got {resolution_deg}")
   return side
@@ -150,7 +151,7 @@ def data_probs(resolution_deg: float) -> np.ndarray:
 def _as_points(samples) -> np.ndarray:
   points = np.asarray(samples)
   if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
-    raise ValueError("samples must have shape [N, 2] (lon, lat in degrees), N > 0, "
+    raise UsageError("samples must have shape [N, 2] (lon, lat in degrees), N > 0, "
                      f"got {points.shape}")
   return points
 
@@ -190,7 +191,7 @@ def _kl_from_counts(probs: np.ndarray, counts: np.ndarray, n: int,
                     smoothing: float) -> float:
   alpha = float(smoothing)
   if not alpha >= 0.0:
-    raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+    raise UsageError(f"smoothing must be >= 0, got {smoothing}")
   support = probs > 0
   p = probs[support]
   c = counts[support].astype(np.float64)
@@ -293,7 +294,7 @@ def _model_log_cell_probs(log_prob_fn, side: int, cells: np.ndarray,
     pts = np.stack([lon, lat], axis=-1).reshape(-1, 2)
     log_q = np.asarray(log_prob_fn(pts), dtype=np.float64)
     if log_q.shape != (len(pts),):
-      raise ValueError("log_prob_fn must map points [M, 2] to log densities [M], "
+      raise UsageError("log_prob_fn must map points [M, 2] to log densities [M], "
                        f"got shape {log_q.shape} for {len(pts)} points")
     log_q = log_q.reshape(len(chunk), k2)
     terms = log_q + log_w[None, :]
@@ -329,7 +330,7 @@ def exact_binned_kl(log_prob_fn: Callable[[np.ndarray], np.ndarray],
   side = _cell_side(resolution_deg)
   k = int(points_per_cell_side)
   if k < 1:
-    raise ValueError(f"points_per_cell_side must be >= 1, got {points_per_cell_side}")
+    raise UsageError(f"points_per_cell_side must be >= 1, got {points_per_cell_side}")
   probs = data_probs(resolution_deg).ravel()
   cells = np.arange(probs.size) if renormalise else np.flatnonzero(probs > 0)
   log_q = _model_log_cell_probs(log_prob_fn, side, cells, k, int(batch_size))
@@ -399,7 +400,7 @@ def yardstick_floor(n: int, resolution: float, seed: int = 0, repeats: int = 5,
   cached.
   """
   if int(n) <= 0 or int(repeats) < 2:
-    raise ValueError(f"need n >= 1 and repeats >= 2, got n={n}, repeats={repeats}")
+    raise UsageError(f"need n >= 1 and repeats >= 2, got n={n}, repeats={repeats}")
   values = []
   for k in range(int(repeats)):
     pts = world_map.sample_land(np.random.default_rng([seed, k, 0xF100]), int(n))

@@ -16,7 +16,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from genmodels.models.autoencoder import activation
+from genmodels.errors import UsageError
+from genmodels.networks.autoencoder import activation
 
 
 class DeepLinear(nn.Module):
@@ -66,6 +67,6 @@ TABULAR_MODELS = {"linear": DeepLinear, "mlp": MLP}
 
 def get_tabular_model(name: str, **kwargs) -> nn.Module:
   if name not in TABULAR_MODELS:
-    raise ValueError(f"unknown tabular model {name!r}; valid: "
+    raise UsageError(f"unknown tabular model {name!r}; valid: "
                      f"{', '.join(TABULAR_MODELS)}")
   return TABULAR_MODELS[name](**kwargs)

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from genmodels.errors import UsageError
+
 
 def _as_float(x, dtype) -> jnp.ndarray:
   """Images as `dtype`; integer images are scaled from [0, 255] to [0, 1]."""
@@ -78,7 +80,7 @@ CONV_IMPLS = ("xla", "im2col")
 def conv_function(conv_impl: str):
   """flax `nn.Conv`'s `conv_general_dilated` for a `conv_impl` name (None: lax's)."""
   if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"unknown conv_impl {conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
+    raise UsageError(f"unknown conv_impl {conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
   return im2col_conv if conv_impl == "im2col" else None
 
 
@@ -133,7 +135,7 @@ def space_to_depth(x, block: int = 2):
   """[N, H, W, C] -> [N, H/block, W/block, block*block*C]: each block's pixels as channels."""
   n, h, w, c = x.shape
   if h % block or w % block:
-    raise ValueError(f"space_to_depth needs H and W divisible by {block}, got {x.shape}")
+    raise UsageError(f"space_to_depth needs H and W divisible by {block}, got {x.shape}")
   x = x.reshape(n, h // block, block, w // block, block, c)
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // block, w // block, block * block * c)
 
@@ -191,5 +193,5 @@ CLASSIFIERS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "cnn_fast": F
 def get_classifier(name: str, **kwargs) -> nn.Module:
   """Builds the classifier registered as `name`, e.g. get_classifier("cnn", dtype=jnp.bfloat16)."""
   if name not in CLASSIFIERS:
-    raise ValueError(f"unknown classifier {name!r}; valid names: {', '.join(sorted(CLASSIFIERS))}")
+    raise UsageError(f"unknown classifier {name!r}; valid names: {', '.join(sorted(CLASSIFIERS))}")
   return CLASSIFIERS[name](**kwargs)

@@ -18,6 +18,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
+from genmodels.errors import UsageError
 from genmodels import classify
 from genmodels import density
 from genmodels.classify import config as classify_config
@@ -81,7 +82,7 @@ def quick_cases() -> list[Case]:
 
 def check_model(model: str) -> None:
   if model not in MODELS:
-    raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    raise UsageError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
 
 
 def _train_overrides(train, case: Case) -> None:
