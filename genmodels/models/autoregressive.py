@@ -64,6 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genmodels.errors import UsageError
+from genmodels.numerics import coords
 from genmodels.numerics.features import fourier_features
 from genmodels.models import base
 
@@ -254,12 +255,15 @@ class AutoregressiveDensity(base.DensityModel):
                        f"got {self.conditional!r}")
     return ORDERS[self.order]
 
+  @property
+  def affine(self) -> coords.Affine:
+    return coords.Affine.unit_box(self.lo, self.hi)
+
   def _to_unit(self, x: Array) -> Array:
-    lo, hi = np.asarray(self.lo, np.float32), np.asarray(self.hi, np.float32)
-    return (x - lo) / (hi - lo)
+    return self.affine.to_unit(x)
 
   def _log_width(self, axis: int) -> float:
-    return float(np.log(float(self.hi[axis]) - float(self.lo[axis])))
+    return self.affine.log_scale(axis)
 
   @nn.compact
   def __call__(self, x: Array, u_first: Array | None = None) -> tuple[Array, Array]:
@@ -314,7 +318,7 @@ class AutoregressiveDensity(base.DensityModel):
       u_second = interval_sample(r2, cond)
     u = jnp.stack([u_first, u_second] if first == 0 else [u_second, u_first], -1)
     lo, hi = jnp.asarray(self.lo, jnp.float32), jnp.asarray(self.hi, jnp.float32)
-    return jnp.clip(lo + u * (hi - lo), lo, hi)
+    return jnp.clip(self.affine.from_unit(u), lo, hi)
 
 
 SMALL = dict(bins=(72, 36), num_components=4, hidden=32, depth=1, num_frequencies=4)

@@ -69,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genmodels.errors import UsageError
+from genmodels.numerics import coords
 from genmodels.numerics import ode
 from genmodels.numerics.features import fourier_features
 from genmodels.models import base
@@ -158,15 +159,19 @@ class _Continuous(base.DensityModel):
   def setup(self):
     self.net = self._net_def()
 
+  @property
+  def affine(self) -> coords.Affine:
+    return coords.Affine.standardise(self.loc, self.scale)
+
   def to_unit(self, x):
-    return (x - jnp.asarray(self.loc, x.dtype)) / jnp.asarray(self.scale, x.dtype)
+    return self.affine.to_unit(x)
 
   def from_unit(self, u):
-    return u * jnp.asarray(self.scale, u.dtype) + jnp.asarray(self.loc, u.dtype)
+    return self.affine.from_unit(u)
 
   @property
   def log_scale(self) -> float:
-    return float(np.sum(np.log(self.scale)))
+    return self.affine.log_det
 
   def _pure_net(self, x):
     """The network as a pure function of (u, t) with this module's parameters.

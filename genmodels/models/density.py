@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from genmodels.models import base
+from genmodels.numerics import coords
 
 Array = jax.Array
 LOG_2PI = float(np.log(2 * np.pi))
@@ -89,15 +90,19 @@ class _Normalised(base.DensityModel):
   loc: Sequence[float] = (0.0, 0.0)
   scale: Sequence[float] = (180.0, 90.0)
 
+  @property
+  def affine(self) -> coords.Affine:
+    return coords.Affine.standardise(self.loc, self.scale)
+
   def to_unit(self, x):
-    return (x - jnp.asarray(self.loc)) / jnp.asarray(self.scale)
+    return self.affine.to_unit(x)
 
   def from_unit(self, u):
-    return u * jnp.asarray(self.scale) + jnp.asarray(self.loc)
+    return self.affine.from_unit(u)
 
   @property
   def log_scale(self):
-    return float(np.sum(np.log(self.scale)))
+    return self.affine.log_det
 
 
 class Gaussian(_Normalised):

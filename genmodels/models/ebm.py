@@ -86,6 +86,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genmodels.errors import UsageError
+from genmodels.numerics import coords
 from genmodels.numerics.features import fourier_features
 from genmodels.models import base
 
@@ -321,13 +322,15 @@ class EnergyModel(base.DensityModel):
                                                self.buffer_size))
 
   # Coordinates.
+  @property
+  def affine(self) -> coords.Affine:
+    return coords.Affine.unit_box(self.lo, self.hi)
+
   def _to_unit(self, x: Array) -> Array:
-    lo, hi = np.asarray(self.lo, np.float32), np.asarray(self.hi, np.float32)
-    return (x - lo) / (hi - lo)
+    return self.affine.to_unit(x)
 
   def _from_unit(self, u: Array) -> Array:
-    lo, hi = np.asarray(self.lo, np.float32), np.asarray(self.hi, np.float32)
-    return lo + u * (hi - lo)
+    return self.affine.from_unit(u)
 
   def _noise(self) -> float:
     return float(np.sqrt(2.0 * self.step_size)) if self.noise is None else float(self.noise)
@@ -426,9 +429,7 @@ class EnergyModel(base.DensityModel):
     corner = jnp.stack(jnp.meshgrid(jnp.arange(nx), jnp.arange(ny)), -1)
     jitter = jax.random.uniform(rng, (ny, nx, 2))
     u = ((corner + jitter) / jnp.asarray([nx, ny], jnp.float32)).reshape(-1, 2)
-    log_area = float(np.sum(np.log(np.asarray(self.hi, np.float64)
-                                   - np.asarray(self.lo, np.float64))))
-    return jax.nn.logsumexp(-self.net(u)) - np.log(nx * ny) + log_area
+    return jax.nn.logsumexp(-self.net(u)) - np.log(nx * ny) + self.affine.log_det
 
   def training_loss(self, x: Array, rng: Array) -> tuple[Array, dict]:
     """CD with replay-buffer Langevin samples (updates the buffer), or with

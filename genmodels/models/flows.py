@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genmodels.numerics import coords
 from genmodels.numerics import splines
 from genmodels.numerics.features import fourier_features
 from genmodels.models import base
@@ -166,17 +167,15 @@ class RealNVP(_Flow):
     return AffineCoupling(hidden=self.hidden, depth=self.depth,
                           num_frequencies=self.num_frequencies)
 
-  def _affine(self):
-    lo, hi = np.asarray(self.lo), np.asarray(self.hi)
-    return (lo + hi) / 2, (hi - lo) / 2
+  @property
+  def affine(self) -> coords.Affine:
+    return coords.Affine.centred(self.lo, self.hi)
 
   def to_base_space(self, x):
-    loc, scale = self._affine()
-    return (x - loc) / scale, -float(np.sum(np.log(scale)))
+    return self.affine.to_unit(x), -self.affine.log_det
 
   def from_base_space(self, u):
-    loc, scale = self._affine()
-    return u * scale + loc
+    return self.affine.from_unit(u)
 
   def base_log_prob(self, z):
     return jnp.sum(jax.scipy.stats.norm.logpdf(z), -1)
@@ -196,17 +195,19 @@ class SplineFlow(_Flow):
     return SplineCoupling(hidden=self.hidden, depth=self.depth,
                           num_frequencies=self.num_frequencies, num_bins=self.num_bins)
 
+  @property
+  def affine(self) -> coords.Affine:
+    return coords.Affine.unit_box(self.lo, self.hi)
+
   def to_base_space(self, x):
-    lo, hi = np.asarray(self.lo), np.asarray(self.hi)
     # Clip: in float32 a point on the upper edge can map to 1 + ulp, and with one
     # layer the untransformed coordinate would then fall off the base box.
     # Points off the data box get -inf in log_prob.
-    u = jnp.clip((x - lo) / (hi - lo), 0.0, 1.0)
-    return u, -float(np.sum(np.log(hi - lo)))
+    u = jnp.clip(self.affine.to_unit(x), 0.0, 1.0)
+    return u, -self.affine.log_det
 
   def from_base_space(self, u):
-    lo, hi = np.asarray(self.lo), np.asarray(self.hi)
-    return lo + u * (hi - lo)
+    return self.affine.from_unit(u)
 
   def base_log_prob(self, z):
     inside = jnp.all((z >= 0.0) & (z <= 1.0), -1)

@@ -80,6 +80,7 @@ import numpy as np
 
 from genmodels.errors import UsageError
 from genmodels.models import base
+from genmodels.numerics import coords
 from genmodels.numerics import rejection
 from genmodels.numerics.features import fourier_features
 from genmodels.training import optim
@@ -344,17 +345,15 @@ class GAN(base.DensityModel):
                                        self.discriminator_depth,
                                        self.discriminator_frequencies)
 
-  def _affine(self):
-    lo, hi = np.asarray(self.lo, np.float64), np.asarray(self.hi, np.float64)
-    return ((lo + hi) / 2).astype(np.float32), ((hi - lo) / 2).astype(np.float32)
+  @property
+  def affine(self) -> coords.Affine:
+    return coords.Affine.centred(self.lo, self.hi)
 
   def to_unit(self, x: Array) -> Array:
-    loc, scale = self._affine()
-    return (x - loc) / scale
+    return self.affine.to_unit(x)
 
   def from_unit(self, u: Array) -> Array:
-    loc, scale = self._affine()
-    return u * scale + loc
+    return self.affine.from_unit(u)
 
   def noise(self, rng: Array, n: int) -> Array:
     return jax.random.normal(rng, (n, self.noise_dim))

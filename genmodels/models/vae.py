@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genmodels.errors import UsageError
+from genmodels.numerics import coords
 from genmodels.numerics.features import fourier_features
 from genmodels.models import base
 from genmodels.numerics.gaussians import (cholesky_from_raw, gaussian_log_prob,
@@ -258,20 +259,18 @@ class VAE(base.DensityModel):
                            self.decoder_init_scale)
 
   # Standardisation: u = (x - centre) / half-width, log|du/dx| = -sum log half-width.
-  def _affine(self):
-    lo, hi = np.asarray(self.lo, np.float64), np.asarray(self.hi, np.float64)
-    return (lo + hi) / 2, (hi - lo) / 2
+  @property
+  def affine(self) -> coords.Affine:
+    return coords.Affine.centred(self.lo, self.hi)
 
   def to_unit(self, x: Array) -> Array:
-    loc, scale = self._affine()
-    return (x - loc.astype(np.float32)) / scale.astype(np.float32)
+    return self.affine.to_unit(x)
 
   def from_unit(self, u: Array) -> Array:
-    loc, scale = self._affine()
-    return u * scale.astype(np.float32) + loc.astype(np.float32)
+    return self.affine.from_unit(u)
 
   def log_jacobian(self) -> float:
-    return -float(np.sum(np.log(self._affine()[1])))
+    return -self.affine.log_det
 
   def __call__(self, x: Array) -> Array:
     return self.log_prob(x)
