@@ -8,6 +8,7 @@ files (disk full, a read-only or vanished workdir). Any other exception is a
 bug: it keeps its traceback and exits with 1.
 """
 
+import contextlib
 import errno
 import functools
 import json
@@ -36,9 +37,24 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
 INTERRUPTED_EXIT = 130
 
 
-def one_line(error: BaseException) -> str:
-  """An exception as one line: whitespace (newlines included) collapsed."""
-  return " ".join(str(error).split()) or type(error).__name__
+def plain_text(error: BaseException) -> str:
+  """An exception's message as written: a KeyError's or AttributeError's
+  ``str`` is the repr of its message (quotes and ``\\n`` escapes), not the text."""
+  while True:
+    args = getattr(error, "args", ())
+    if isinstance(error, (KeyError, AttributeError)) and args and isinstance(args[0], str):
+      error = args[0]
+      continue
+    if isinstance(error, BaseException) and args and isinstance(args[0], BaseException):
+      error = args[0]  # a wrapped exception (absl's flags.Error wraps the config's)
+      continue
+    return str(error)
+
+
+def one_line(error: BaseException | str) -> str:
+  """An exception as one line: its plain message, whitespace collapsed."""
+  text = error if isinstance(error, str) else plain_text(error)
+  return " ".join(text.split()) or type(error).__name__
 
 
 def fail(message: str, status: int = USAGE_EXIT, prefix: str = "error"):
@@ -68,10 +84,20 @@ def define_config_file(name: str, default: str, help_string: str, **kwargs):
     overrides = [a.split("=", 1)[0] for a in sys.argv[1:]
                  if a.lstrip("-").startswith(f"{name}.")]
     _DEFINE_ERRORS.append(
-        f"bad override {' '.join(overrides)} ({type(e).__name__}: "
-        f"{one_line(e)}): override only fields the config has (see --helpfull)")
+        f"bad override {' '.join(overrides)}: {_config_error_text(e)}: override only "
+        f"fields the config has (see --helpfull)")
     kwargs["sys_argv"] = sys.argv[:1]  # Define it without the overrides.
     return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+
+
+def _config_error_text(error: BaseException) -> str:
+  """A config override's error in plain words: 'no field X; Did you mean Y?'."""
+  lines = plain_text(error).strip().splitlines() or [type(error).__name__]
+  head = lines[0].strip().strip("\"'")
+  if isinstance(error, (KeyError, AttributeError)):
+    head = f"no field {head!r}"
+  rest = " ".join(line.strip() for line in lines[1:])
+  return f"{head} ({rest})" if rest else head
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -86,13 +112,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
     # flags.Error, and whatever a config file's get_config raises.
-    text = str(e)
-    key = text.strip().strip("\"'")
+    text = plain_text(e)
+    key = text.strip().splitlines()[0].strip("\"'") if text.strip() else ""
     unknown = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--")
                and "." in a and a.split("=", 1)[0].rsplit(".", 1)[-1] == key]
     if unknown:  # a KeyError from an override of a field the config lacks
-      fail(f"unknown config field {unknown[0]}: override only fields the config "
-           "has (see --helpfull)")
+      hint = " ".join(text.strip().splitlines()[1:])
+      fail(f"unknown config field {unknown[0]}{' (' + hint + ')' if hint else ''}: override "
+           "only fields the config has (see --helpfull)")
     if "Traceback (most recent call last)" in text:  # ml_collections' wrapping
       head = one_line(text.split("Traceback (most recent call last)")[0])
       last = [line for line in text.splitlines() if line.strip()][-1]
@@ -211,15 +238,47 @@ def _clear(workdir: str) -> None:
       os.remove(path)
 
 
-def prepare_workdir(workdir: str, config: dict, overwrite: bool = False,
-                    lock: bool = True) -> str:
-  """Locks ``workdir`` for this run, then records ``config.json`` there.
+def config_diff(old, new, prefix: str = "") -> list[str]:
+  """The fields that differ between two configs, as ``path: old -> new`` lines."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+      path = f"{prefix}.{key}" if prefix else str(key)
+      if key not in old:
+        out.append(f"{path}: (absent) -> {json.dumps(new[key])}")
+      elif key not in new:
+        out.append(f"{path}: {json.dumps(old[key])} -> (absent)")
+      else:
+        out += config_diff(old[key], new[key], path)
+    return out
+  if old == new:
+    return []
+  return [f"{prefix}: {json.dumps(old)} -> {json.dumps(new)}"]
 
-  A workdir whose run is still alive is refused before anything in it
-  changes. A workdir holding a run with another config is refused (so a typo
-  cannot mix two runs' checkpoints) unless ``overwrite`` is set, which deletes
-  that run. The same config resumes the run. In a multi-process run only
-  process 0 takes the lock (``lock=False`` on the others).
+
+def as_json(config: dict) -> dict:
+  """The config as config.json records it (tuples as lists, numpy as Python)."""
+  return json.loads(json.dumps(metrics_lib.to_python(config)))
+
+
+def _read_config(path: str):
+  """The recorded config.json, or a UsageError saying it is unreadable."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UsageError(
+        f"{path} is unreadable ({type(e).__name__}: {e}), so this run's config "
+        f"cannot be checked against it: restore the file to resume the run, or "
+        f"--overwrite to delete the run and start again") from None
+
+
+def check_workdir(workdir: str, config: dict, overwrite: bool = False) -> str:
+  """Every check of ``workdir`` against ``config`` that changes nothing on disk.
+
+  Returns the absolute workdir. A workdir holding a run with another config
+  is refused (so a typo cannot mix two runs' checkpoints), naming each
+  differing field, unless ``overwrite`` is set.
   """
   if not workdir:
     raise UsageError("--workdir is required: name a folder for the run's outputs")
@@ -227,31 +286,55 @@ def prepare_workdir(workdir: str, config: dict, overwrite: bool = False,
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UsageError(f"--workdir {workdir} is a file, not a folder: choose "
                      f"another --workdir")
+  config = as_json(config)
   path = os.path.join(workdir, "config.json")
-  config = json.loads(json.dumps(metrics_lib.to_python(config)))
+  if os.path.exists(path) and not overwrite:
+    changed = config_diff(_read_config(path), config)
+    if changed:
+      shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more"
+                                        if len(changed) > 5 else "")
+      raise UsageError(
+          f"workdir {workdir} holds a run with a different config ({shown}): use "
+          f"another --workdir, or --overwrite to delete that run")
+  return workdir
+
+
+def prepare_workdir(workdir: str, config: dict, overwrite: bool = False,
+                    lock: bool = True) -> str:
+  """Locks ``workdir`` for this run, then records ``config.json`` there.
+
+  Nothing changes on disk until every check has passed: a refused start
+  leaves the workdir as it was (or absent). A workdir whose run is still
+  alive, or that holds a run with another config (unless ``overwrite``,
+  which deletes that run), is refused; the same config resumes the run. In a
+  multi-process run only process 0 takes the lock (``lock=False`` on the
+  others).
+  """
+  config = as_json(config)
+  workdir = check_workdir(workdir, config, overwrite)
+  path = os.path.join(workdir, "config.json")
+  existed = os.path.isdir(workdir)
+  had_lock = os.path.exists(os.path.join(workdir, LOCK_FILE))
   try:
     os.makedirs(workdir, exist_ok=True)
     if lock:
       lock_workdir(workdir)
+  except UsageError:  # a live run holds it: leave everything as it was
+    _undo_start(workdir, existed, had_lock=True)
+    raise
   except OSError as e:
+    _undo_start(workdir, existed, had_lock)
     raise UsageError(f"cannot write to workdir {workdir} ({e.strerror or e}): "
                      f"choose a writable --workdir") from e
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        old = json.load(f)
-    except (OSError, json.JSONDecodeError):
-      old = None
-    if old != config:
-      if not overwrite:
-        changed = sorted(k for k in set(config) | set(old or {})
-                         if (old or {}).get(k) != config.get(k))
-        raise UsageError(
-            f"workdir {workdir} holds a run with a different config (differs in: "
-            f"{', '.join(changed) or 'unreadable config.json'}): use another "
-            f"--workdir, or --overwrite to delete that run")
-      _clear(workdir)
+  # Under the lock: what another run may have written meanwhile.
   try:
+    check_workdir(workdir, config, overwrite)
+  except UsageError:
+    _undo_start(workdir, existed, had_lock)
+    raise
+  try:
+    if overwrite and os.path.exists(path) and _read_config_or_none(path) != config:
+      _clear(workdir)
     probe = os.path.join(workdir, ".write_test")
     with open(probe, "w") as f:
       f.write("ok")
@@ -261,6 +344,24 @@ def prepare_workdir(workdir: str, config: dict, overwrite: bool = False,
     raise UsageError(f"cannot write to workdir {workdir} ({e.strerror or e}): "
                      f"choose a writable --workdir") from e
   return workdir
+
+
+def _read_config_or_none(path: str):
+  try:
+    return _read_config(path)
+  except UsageError:
+    return None
+
+
+def _undo_start(workdir: str, existed: bool, had_lock: bool) -> None:
+  """Removes what a refused start made (the lock file, a new workdir), then
+  lets the lock go: the workdir is left as it was."""
+  if not had_lock:  # unlinked while still held: no other run can be holding it
+    with contextlib.suppress(OSError):
+      os.remove(os.path.join(workdir, LOCK_FILE))
+  release_workdir()
+  if not existed:
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ------------------------------------------------- experiment entry points
@@ -342,6 +443,7 @@ def experiment_main(fl: ExperimentFlags):
   """The main of an experiment entry point: validate, lock the workdir, run, print."""
   from genmodels.training import distributed  # pylint: disable=g-import-not-at-top
   from genmodels.training import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  from genmodels.training import sharding  # pylint: disable=g-import-not-at-top
 
   @one_line_errors
   def main(argv):
@@ -350,14 +452,19 @@ def experiment_main(fl: ExperimentFlags):
     # Before anything touches a device: join the other processes, if any.
     distributed.initialize(fl.coordinator.value, fl.num_processes.value,
                            fl.process_id.value)
-    config = fl.resolved_config()  # every check, before the workdir is touched
+    # Every check, then the data, before the workdir is touched: a refused
+    # start leaves it as it was.
+    config = fl.resolved_config()
+    check_workdir(fl.workdir.value, config.to_dict(), overwrite=fl.overwrite.value)
+    sharding.make_mesh(fl.num_devices.value)  # enough devices for --num_devices
+    data = fl.experiment.load_data(config)
     workdir = distributed.main_process_first(lambda: prepare_workdir(
         fl.workdir.value, config.to_dict(), overwrite=fl.overwrite.value,
         lock=distributed.is_main_process()))
     options = experiment_lib.Options(progress=fl.progress.value,
                                      figures=fl.figures.value,
                                      num_devices=fl.num_devices.value)
-    results = experiment_lib.run(fl.experiment, config, workdir, options)
+    results = experiment_lib.run(fl.experiment, config, workdir, options, data=data)
     if distributed.is_main_process():
       print(fl.experiment.table(results))
       print(f"\nresults: {os.path.join(workdir, 'results.json')}")

@@ -11,15 +11,19 @@ numpy arrays (the training engine gathers and shuffles batches on device).
   `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist), or `manual_dir`.
 
 Prepared data lands in `data_dir`, by default tfds' own: `$TFDS_DATA_DIR` or
-`~/tensorflow_datasets`. A prepared dataset is reused as is: a different
-`manual_dir` needs a fresh `data_dir` (or deleting the old version folder).
+`~/tensorflow_datasets`. A prepared offline dataset remembers the files it
+was prepared from (`source.json`: names, sizes, SHA-256); a later
+`manual_dir` with other files is refused with the fix, never silently
+answered with the old data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import importlib.resources
+import json
 import os
 import re
 import socket
@@ -46,7 +50,7 @@ _OFFLINE_HINT = ("use --dataset=fashion_mnist_offline (reads the Debian "
                  "dataset-fashion-mnist files, or --manual_dir)")
 
 
-class DatasetUnavailableError(ValueError):
+class DatasetUnavailableError(UsageError):
   """A dataset is neither prepared locally nor downloadable."""
 
 
@@ -197,6 +201,48 @@ def _unavailable(name, data_dir, reason) -> DatasetUnavailableError:
       f"({reason}); {hint}")
 
 
+SOURCE_FILE = "source.json"
+
+
+def source_fingerprint(folder: str) -> dict[str, list]:
+  """{file name: [size, sha256]} of the dataset files in ``folder`` (sorted)."""
+  out = {}
+  for entry in sorted(os.listdir(folder)):
+    path = os.path.join(folder, entry)
+    if not entry.endswith(".gz") or not os.path.isfile(path):
+      continue
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    out[entry] = [os.path.getsize(path), digest.hexdigest()]
+  return out
+
+
+def _check_source(builder, name: str, manual_dir: str | None) -> None:
+  """Refuses a prepared offline dataset whose source files differ from ``manual_dir``'s."""
+  if name not in OFFLINE_DATASETS or manual_dir is None:
+    return
+  path = os.path.join(builder.data_dir, SOURCE_FILE)
+  if not os.path.exists(path):  # prepared before sources were recorded
+    return
+  with open(path) as f:
+    recorded = json.load(f)
+  if recorded.get("files") != source_fingerprint(manual_dir):
+    raise UsageError(
+        f"dataset {name!r} in {builder.data_dir} was prepared from "
+        f"{recorded.get('manual_dir')}, whose files differ from those in manual_dir "
+        f"{manual_dir}: delete {builder.data_dir} to prepare it again from "
+        f"{manual_dir}, or pass another data_dir")
+
+
+def _record_source(builder, name: str, manual_dir: str | None) -> None:
+  if name in OFFLINE_DATASETS and manual_dir is not None:
+    with open(os.path.join(builder.data_dir, SOURCE_FILE), "w") as f:
+      json.dump({"manual_dir": os.path.abspath(manual_dir),
+                 "files": source_fingerprint(manual_dir)}, f, indent=1)
+
+
 def prepare(name: str, data_dir: str | None = None,
             manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """Prepares dataset ``name`` in ``data_dir`` once, safely across processes.
@@ -208,6 +254,7 @@ def prepare(name: str, data_dir: str | None = None,
   """
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
+    _check_source(builder, name, manual_dir)
     return builder
   root = builder.data_dir_root
   try:
@@ -219,6 +266,7 @@ def prepare(name: str, data_dir: str | None = None,
   with locking.exclusive(os.path.join(root, lock_name)):
     builder = tfds.builder(name, data_dir=data_dir)  # another may have finished
     if builder.is_prepared():
+      _check_source(builder, name, manual_dir)
       return builder
     if reason := _offline_reason(builder):
       raise _unavailable(name, data_dir, reason)
@@ -234,6 +282,7 @@ def prepare(name: str, data_dir: str | None = None,
       what = "preparation failed" if name in OFFLINE_DATASETS else "download failed"
       raise _unavailable(name, data_dir, f"{what}: {type(e).__name__}: "
                          f"{' '.join(str(e).split())[:200]}") from e
+    _record_source(builder, name, manual_dir)
   return builder
 
 

@@ -238,7 +238,9 @@ def write_report(workdir: str, rows: dict, run: dict) -> str:
     lines += ["![every model](figures/taxonomy.png)", ""]
   for name, r in rows.items():
     paths = r.get("figures", [])
-    lines += [f"## {display_name(name)} (`{name}`)", ""]
+    card = models.card(name)
+    lines += [f"## {card.display} (`{name}`): {card.branch} density, "
+              f"{card.family_label}", ""]
     lines += [f"![{p}]({p})" for p in paths] + [""]
   path = os.path.join(workdir, "report.md")
   with open(path, "w") as f:

@@ -198,16 +198,19 @@ def write_results(workdir: str, results: dict) -> str:
 
 
 def run(experiment: Experiment, config, workdir: str,
-        options: Options = Options()) -> dict[str, Any]:
+        options: Options = Options(), data=None) -> dict[str, Any]:
   """Trains every task of ``experiment`` and writes results.json; returns it.
 
+  ``data``: what ``experiment.load_data(config)`` returns, if the caller has
+  loaded it already (the entry points do, before the workdir is touched).
   A multi-model experiment's results.json is rewritten after each model, so a
   stopped run keeps the rows it finished. Only process 0 writes.
   """
   steal = provenance.StealMeter()
   t_start = time.perf_counter()
   main = jax.process_index() == 0
-  data = experiment.load_data(config)
+  if data is None:
+    data = experiment.load_data(config)
   data_seconds = time.perf_counter() - t_start
   rows: dict = {}
   no_figures = dataclasses.replace(options, figures=False)
@@ -251,7 +254,8 @@ def batched(fn: Callable, *arrays: np.ndarray, batch_size: int = 1024) -> np.nda
 
 
 def num_params(tree, model=None) -> int:
-  """Parameters of a pytree; a model's ``num_free_params`` (degrees of freedom) wins."""
-  if model is not None and hasattr(model, "num_free_params"):
+  """Parameters of a pytree; with a density ``model``, its ``num_free_params``
+  (degrees of freedom)."""
+  if model is not None:
     return int(model.num_free_params(tree))
   return int(sum(np.size(p) for p in jax.tree.leaves(tree)))

@@ -18,6 +18,7 @@ process 0 alone writes metrics, and Orbax writes one checkpoint from all.
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -259,7 +260,8 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
   start = 0
   if restored is not None:
     start, state = restored
-    logging.info("resumed from the checkpoint at step %d", start)
+    if jax.process_index() == 0:  # at the default level: the user should know
+      print(f"resumed from step {start}", file=sys.stderr, flush=True)
   # Multi-process: process 0 writes metrics.jsonl and TensorBoard events; the
   # others keep the same records in memory (Orbax coordinates the checkpoints).
   writer = (metrics_lib.MetricWriter(workdir, resume_step=start)
