@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import shutil
 import socket
 import time
 
@@ -228,3 +229,22 @@ def test_unpreparable_offline_dataset_names_the_real_cause(tmp_path):
   msg = str(info.value)
   assert "cannot create the data_dir" in msg
   assert "--dataset=fashion_mnist_offline" not in msg  # never "pass what you passed"
+
+
+def test_a_prepared_dataset_refuses_a_manual_dir_with_other_files(tmp_path):
+  """Prepared from folder A, then asked for with folder B's different files:
+  refused with the fix, not answered silently with A's data; the same files in
+  another folder are the same data and load."""
+  data_dir = str(tmp_path / "tfds")
+  arrays = fake_fashion_dir(tmp_path / "a", seed=0)
+  fake_fashion_dir(tmp_path / "b", seed=1)
+  load_image_dataset("fashion_mnist_offline", "test", data_dir=data_dir,
+                     manual_dir=str(tmp_path / "a"))
+  with pytest.raises(ValueError, match=r"was prepared from .*a, whose files differ "
+                     r"from those in manual_dir .*b: delete"):
+    load_image_dataset("fashion_mnist_offline", "test", data_dir=data_dir,
+                       manual_dir=str(tmp_path / "b"))
+  shutil.copytree(tmp_path / "a", tmp_path / "copy")
+  same = load_image_dataset("fashion_mnist_offline", "test", data_dir=data_dir,
+                            manual_dir=str(tmp_path / "copy"))
+  np.testing.assert_array_equal(same.images[..., 0], arrays["t10k"][0])

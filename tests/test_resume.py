@@ -362,6 +362,8 @@ def test_density_mle_stopped_mid_run_then_resume_equals_uninterrupted(sig, model
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="needs the Debian dataset-fashion-mnist files")
 def test_classify_sigkill_mid_run_then_resume_equals_uninterrupted():
   """The CNN (BatchNorm state, dropout keys): 6 epochs of 8 steps, killed after 2."""
   scenario = KillScenario(
