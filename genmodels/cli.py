@@ -8,13 +8,10 @@ files (disk full, a read-only or vanished workdir). Any other exception is a
 bug: it keeps its traceback and exits with 1.
 """
 
-import contextlib
 import errno
 import functools
-import json
 import logging as py_logging
 import os
-import shutil
 import sys
 
 from absl import app
@@ -22,9 +19,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from genmodels import locking
+from genmodels import workdir as workdir_lib
 from genmodels.errors import UsageError
-from genmodels.training import metrics as metrics_lib
 
 USAGE_EXIT = 2
 TRAINING_FAILED_EXIT = 1
@@ -178,7 +174,7 @@ def one_line_errors(main):
            f"or fix the workdir's permissions, then run the same command again to "
            f"resume from the last checkpoint")
     finally:
-      release_workdir()
+      workdir_lib.release_workdir()
 
   return wrapped
 
@@ -199,169 +195,6 @@ def _show_only_our_warnings():
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _OurWarningsOnly) for f in handler.filters):
     handler.addFilter(_OurWarningsOnly())
-
-
-_WORKDIR_LOCKS: list[locking.FileLock] = []
-LOCK_FILE = ".lock"
-
-
-def lock_workdir(workdir: str) -> None:
-  """Makes this process the one run in ``workdir``, or raises a one-line UsageError.
-
-  The lock lives as long as the process (or until ``release_workdir``); a
-  lock left by a dead process is free again (see ``genmodels.locking``).
-  """
-  lock = locking.FileLock(os.path.join(workdir, LOCK_FILE))
-  try:
-    lock.acquire(blocking=False)
-  except locking.LockedError as e:
-    raise UsageError(
-        f"workdir {workdir} is in use by a live run: {locking.describe(e.holder)}; "
-        f"wait for it to finish (or stop it), or choose another --workdir") from None
-  _WORKDIR_LOCKS.append(lock)
-
-
-def release_workdir() -> None:
-  while _WORKDIR_LOCKS:
-    _WORKDIR_LOCKS.pop().release()
-
-
-def _clear(workdir: str) -> None:
-  """Deletes a run's outputs, keeping the lock file this process holds."""
-  for name in os.listdir(workdir):
-    if name == LOCK_FILE:
-      continue
-    path = os.path.join(workdir, name)
-    if os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path)
-    else:
-      os.remove(path)
-
-
-def config_diff(old, new, prefix: str = "") -> list[str]:
-  """The fields that differ between two configs, as ``path: old -> new`` lines."""
-  if isinstance(old, dict) and isinstance(new, dict):
-    out = []
-    for key in sorted(set(old) | set(new), key=str):
-      path = f"{prefix}.{key}" if prefix else str(key)
-      if key not in old:
-        out.append(f"{path}: (absent) -> {json.dumps(new[key])}")
-      elif key not in new:
-        out.append(f"{path}: {json.dumps(old[key])} -> (absent)")
-      else:
-        out += config_diff(old[key], new[key], path)
-    return out
-  if old == new:
-    return []
-  return [f"{prefix}: {json.dumps(old)} -> {json.dumps(new)}"]
-
-
-def as_json(config: dict) -> dict:
-  """The config as config.json records it (tuples as lists, numpy as Python)."""
-  return json.loads(json.dumps(metrics_lib.to_python(config)))
-
-
-def _read_config(path: str):
-  """The recorded config.json, or a UsageError saying it is unreadable."""
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UsageError(
-        f"{path} is unreadable ({type(e).__name__}: {e}), so this run's config "
-        f"cannot be checked against it: restore the file to resume the run, or "
-        f"--overwrite to delete the run and start again") from None
-
-
-def check_workdir(workdir: str, config: dict, overwrite: bool = False) -> str:
-  """Every check of ``workdir`` against ``config`` that changes nothing on disk.
-
-  Returns the absolute workdir. A workdir holding a run with another config
-  is refused (so a typo cannot mix two runs' checkpoints), naming each
-  differing field, unless ``overwrite`` is set.
-  """
-  if not workdir:
-    raise UsageError("--workdir is required: name a folder for the run's outputs")
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UsageError(f"--workdir {workdir} is a file, not a folder: choose "
-                     f"another --workdir")
-  config = as_json(config)
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path) and not overwrite:
-    changed = config_diff(_read_config(path), config)
-    if changed:
-      shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more"
-                                        if len(changed) > 5 else "")
-      raise UsageError(
-          f"workdir {workdir} holds a run with a different config ({shown}): use "
-          f"another --workdir, or --overwrite to delete that run")
-  return workdir
-
-
-def prepare_workdir(workdir: str, config: dict, overwrite: bool = False,
-                    lock: bool = True) -> str:
-  """Locks ``workdir`` for this run, then records ``config.json`` there.
-
-  Nothing changes on disk until every check has passed: a refused start
-  leaves the workdir as it was (or absent). A workdir whose run is still
-  alive, or that holds a run with another config (unless ``overwrite``,
-  which deletes that run), is refused; the same config resumes the run. In a
-  multi-process run only process 0 takes the lock (``lock=False`` on the
-  others).
-  """
-  config = as_json(config)
-  workdir = check_workdir(workdir, config, overwrite)
-  path = os.path.join(workdir, "config.json")
-  existed = os.path.isdir(workdir)
-  had_lock = os.path.exists(os.path.join(workdir, LOCK_FILE))
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    if lock:
-      lock_workdir(workdir)
-  except UsageError:  # a live run holds it: leave everything as it was
-    _undo_start(workdir, existed, had_lock=True)
-    raise
-  except OSError as e:
-    _undo_start(workdir, existed, had_lock)
-    raise UsageError(f"cannot write to workdir {workdir} ({e.strerror or e}): "
-                     f"choose a writable --workdir") from e
-  # Under the lock: what another run may have written meanwhile.
-  try:
-    check_workdir(workdir, config, overwrite)
-  except UsageError:
-    _undo_start(workdir, existed, had_lock)
-    raise
-  try:
-    if overwrite and os.path.exists(path) and _read_config_or_none(path) != config:
-      _clear(workdir)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-    metrics_lib.write_json_atomic(path, config)
-  except OSError as e:
-    raise UsageError(f"cannot write to workdir {workdir} ({e.strerror or e}): "
-                     f"choose a writable --workdir") from e
-  return workdir
-
-
-def _read_config_or_none(path: str):
-  try:
-    return _read_config(path)
-  except UsageError:
-    return None
-
-
-def _undo_start(workdir: str, existed: bool, had_lock: bool) -> None:
-  """Removes what a refused start made (the lock file, a new workdir), then
-  lets the lock go: the workdir is left as it was."""
-  if not had_lock:  # unlinked while still held: no other run can be holding it
-    with contextlib.suppress(OSError):
-      os.remove(os.path.join(workdir, LOCK_FILE))
-  release_workdir()
-  if not existed:
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ------------------------------------------------- experiment entry points
@@ -455,10 +288,10 @@ def experiment_main(fl: ExperimentFlags):
     # Every check, then the data, before the workdir is touched: a refused
     # start leaves it as it was.
     config = fl.resolved_config()
-    check_workdir(fl.workdir.value, config.to_dict(), overwrite=fl.overwrite.value)
+    workdir_lib.check_workdir(fl.workdir.value, config.to_dict(), overwrite=fl.overwrite.value)
     sharding.make_mesh(fl.num_devices.value)  # enough devices for --num_devices
     data = fl.experiment.load_data(config)
-    workdir = distributed.main_process_first(lambda: prepare_workdir(
+    workdir = distributed.main_process_first(lambda: workdir_lib.prepare_workdir(
         fl.workdir.value, config.to_dict(), overwrite=fl.overwrite.value,
         lock=distributed.is_main_process()))
     options = experiment_lib.Options(progress=fl.progress.value,

@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from genmodels import cli
 from genmodels import locking
+from genmodels import workdir as workdir_lib
+from genmodels.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +49,7 @@ def _wait_for(predicate, proc, what, timeout=180):
 
 
 def _holder_pid(workdir):
-  return locking.read_holder(os.path.join(workdir, cli.LOCK_FILE)).get("pid")
+  return locking.read_holder(os.path.join(workdir, workdir_lib.LOCK_FILE)).get("pid")
 
 
 def test_second_run_into_a_live_workdir_is_refused_and_changes_nothing(tmp_path):
@@ -108,6 +109,6 @@ def test_lock_is_exclusive_between_holders_and_free_after_release(tmp_path):
 def test_workdir_that_is_a_file_is_named_as_such(tmp_path):
   path = tmp_path / "results.txt"
   path.write_text("not a folder")
-  with pytest.raises(cli.UsageError, match="is a file, not a folder"):
-    cli.prepare_workdir(str(path), {"a": 1})
+  with pytest.raises(UsageError, match="is a file, not a folder"):
+    workdir_lib.prepare_workdir(str(path), {"a": 1})
   assert path.read_text() == "not a folder"
