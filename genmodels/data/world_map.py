@@ -160,3 +160,31 @@ def land_fraction_grid(cells_per_degree: int = 2) -> np.ndarray:
     block = ocean[r:r + f].reshape(f, -1, f).sum(axis=(0, 2))
     rows.append(1.0 - block / f**2)
   return np.asarray(rows, dtype=np.float32)
+
+
+# Continent boxes (lon_lo, lon_hi, lat_lo, lat_hi) in degrees, tested in this
+# order; a cell belongs to the region of the first box holding its centre. Edges
+# are multiples of 4 in longitude and 2 (mod 4) in latitude, so they follow cell
+# edges exactly at 4, 2, 1, 0.5 and 0.25 degrees (the centre rule decides at
+# other resolutions). They are coarse: New Guinea, Indonesia and Japan count as
+# Eurasia; Iceland and Greenland as North America; Panama, Costa Rica and
+# Nicaragua south of 14N as South America; the Levant and Sinai as Africa; New
+# Zealand, the Pacific islands south of 14S and the southern ocean islands are
+# in no region (0.2% of the mass). Antarctica holds 28% of the data's mass (the
+# equirectangular plane stretches it), Eurasia 32%, North America 17%, Africa
+# 12%, South America 7%, Australia 3%.
+REGION_BOXES: tuple[tuple[str, tuple[float, float, float, float]], ...] = (
+    ("Antarctica", (-180.0, 180.0, -90.0, -62.0)),
+    ("Eurasia", (-180.0, -168.0, 62.0, 90.0)),  # Chukotka, west of 180.
+    ("South America", (-92.0, -32.0, -58.0, 6.0)),
+    ("South America", (-76.0, -32.0, 6.0, 14.0)),
+    ("North America", (-180.0, -28.0, 6.0, 90.0)),
+    ("North America", (-28.0, -12.0, 58.0, 90.0)),  # Iceland, east Greenland.
+    ("Australia", (112.0, 156.0, -46.0, -10.0)),
+    ("Africa", (-28.0, 12.0, -38.0, 38.0)),
+    ("Africa", (12.0, 36.0, -38.0, 34.0)),
+    ("Africa", (36.0, 52.0, -38.0, 14.0)),  # Horn of Africa, Madagascar.
+    ("Eurasia", (-12.0, 180.0, -14.0, 90.0)),
+)
+REGIONS: tuple[str, ...] = ("Africa", "Eurasia", "North America",
+                            "South America", "Australia", "Antarctica")
