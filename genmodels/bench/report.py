@@ -8,8 +8,10 @@ the share of CPU time stolen by other guests while the benchmark ran), plus
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import tempfile
 
 from genmodels.training import metrics as metrics_lib
 
@@ -200,10 +202,35 @@ def convergence_markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _replace(path: str, text: str) -> None:
+  """Writes ``text`` to a new temporary file beside ``path``, then renames it over
+  ``path``: a reader, a kill or a full disk never leaves half a file there."""
+  folder, name = os.path.split(path)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide committed results
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
 def write(out_dir: str, tag: str, result: dict, text: str) -> str:
-  """``out_dir/tag.json`` (atomically) and ``out_dir/tag.md``; returns the json's path."""
+  """``out_dir/tag.json`` and ``out_dir/tag.md``, each replaced atomically; the json's path.
+
+  Both are serialised before either is touched, so a result that cannot be
+  written as JSON leaves the old files as they were.
+  """
+  data = json.dumps(metrics_lib.to_python(result), indent=2)
   os.makedirs(out_dir, exist_ok=True)
-  path = metrics_lib.write_json_atomic(os.path.join(out_dir, f"{tag}.json"), result)
-  with open(os.path.join(out_dir, f"{tag}.md"), "w") as f:
-    f.write(text)
+  path = os.path.join(out_dir, f"{tag}.json")
+  _replace(os.path.join(out_dir, f"{tag}.md"), text)
+  _replace(path, data)
   return path
