@@ -1,16 +1,17 @@
-r"""Benchmarks of the experiments' train steps: the entry point of ``experiments/benchmark/``.
+r"""Benchmarks of the experiments' own train steps: the package is genmodels/bench/.
 
-  python3 experiments/benchmark.py --quick
+  python3 experiments/benchmark.py --quick        # the committed CPU results, ~5 min
   python3 experiments/benchmark.py --convergence=spline_flow,realnvp
 
-See ``experiments/benchmark/__init__.py`` for what it measures. Run as a
-script, this file's folder comes first on ``sys.path``, so ``benchmark`` is
-the package next to it (a package wins over a module of the same name).
+See genmodels/bench/__init__.py for what it measures; the flags are below.
 """
 
-from absl import app
+from absl import flags
 
-from genmodels.bench import cli
+from genmodels import cli
+from genmodels.bench import cli as bench_cli
+
+flags.adopt_module_key_flags(bench_cli)
 
 if __name__ == "__main__":
-  app.run(cli.main)
+  cli.run(bench_cli.main)

@@ -3,7 +3,7 @@
 For a density model (gmm, smoke config) and a classifier (the smoke config with
 the book's MLP), the
 benchmark builds its case from the experiment's config with the case's
-overrides (``experiments/benchmark/cases.py``) and compiles the step of
+overrides (``genmodels/bench/cases.py``) and compiles the step of
 ``experiment.setup``; the experiment trains the same config with its own task
 builder through ``experiment.train`` (``loop.train``), as density_mle.py and
 classify.py do. One dispatch of each, from the same initial state and on the

@@ -32,9 +32,16 @@ Writes ``--out/<machine tag>.json`` and ``.md`` (``-convergence`` for the
 latter), each with the machine (CPU model, cores, devices), the package
 versions and the CPU steal measured during the run.
 
-Modules: ``machine`` (facts, nominal peaks, tag), ``cases`` (cases and their
-tasks from the experiments' builders), ``harness`` (the compiled step, the
-matmul reference, timing), ``profiler`` (time by kind of op), ``scaling``,
-``epoch``, ``convergence``, ``report`` (JSON and markdown) and ``cli`` (flags
-and main).
+Every flag is checked before anything runs or is written: a bad one is one
+line ``error: ...`` and exit status 2. The results replace the old files
+(through a temporary file and a rename) only after a run that measured
+something.
+
+Import it as ``genmodels.bench``; ``python3 -m genmodels.bench`` is the same
+entry point as ``experiments/benchmark.py``. Modules: ``cli`` (the flags, their
+checks and main; no JAX), ``spec`` (model names, the case, the quick set),
+``runner`` (the runs), ``machine`` (facts, nominal peaks, tag), ``cases``
+(the cases' tasks from the experiments' builders), ``harness`` (the compiled
+step, the matmul reference, timing), ``profiler`` (time by kind of op),
+``scaling``, ``epoch``, ``convergence`` and ``report`` (JSON and markdown).
 """

@@ -1,6 +1,6 @@
 """The benchmark's cases, built by the experiments' own task builders.
 
-A ``Case`` names a model, an input, a batch size, a dtype, the train steps per
+A ``Case`` (defined in ``spec``) names a model, an input, a batch size, a dtype, the train steps per
 dispatch and the devices. ``build_task`` takes the experiment's config
 (``genmodels/classify/config.py`` or ``genmodels/density/config.py``), applies
 the case's overrides (batch size, dtype, steps per dispatch, conv_impl) and
@@ -12,13 +12,11 @@ case's shape; the density models the world map's points.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax.numpy as jnp
 import numpy as np
 
-from genmodels.errors import UsageError
 from genmodels import classify
 from genmodels import density
 from genmodels.classify import config as classify_config
@@ -27,62 +25,10 @@ from genmodels.data import world_map
 from genmodels.density import config as density_config
 from genmodels.training import experiment
 
-# cnn: the book CNN with lax.conv; cnn_im2col: the same CNN with
-# conv_impl="im2col" (classify's default); cnn_fast: the fast recipe's model.
-CLASSIFIER_MODELS = ("mlp", "cnn", "cnn_im2col", "cnn_fast")
-DENSITY_MODELS = ("gmm", "realnvp", "spline_flow")
-MODELS = CLASSIFIER_MODELS + DENSITY_MODELS
-
-QUICK_CASES = [  # (model, input, batch, dtype, steps per dispatch)
-    ("mlp", "28x28x1", 32, "float32", 1),
-    ("mlp", "28x28x1", 32, "float32", 25),
-    ("mlp", "28x28x1", 32, "bfloat16", 25),
-    ("cnn", "32x32x3", 32, "float32", 0),
-    ("cnn", "32x32x3", 32, "float32", 1),
-    ("cnn_im2col", "32x32x3", 32, "float32", 1),
-    ("cnn_im2col", "32x32x3", 32, "float32", 25),
-    ("cnn_im2col", "32x32x3", 32, "bfloat16", 25),
-    ("cnn", "28x28x1", 32, "float32", 1),
-    ("cnn_im2col", "28x28x1", 32, "float32", 25),
-    ("realnvp", None, 1024, "float32", 10),
-    ("spline_flow", None, 1024, "float32", 10),
-]
-QUICK_SCALING_MODELS = ("mlp", "realnvp")
-QUICK_NUM_DEVICES = (1, 2, 4, 8)
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-  model: str
-  input_shape: tuple[int, ...] | None  # images HxWxC; None: 2-D points
-  batch_size: int  # global
-  dtype: str = "float32"
-  steps_per_dispatch: int = 1  # 0: make_train_step without lax.scan
-  num_devices: int = 1
-
-  @property
-  def name(self) -> str:
-    shape = "x".join(map(str, self.input_shape)) if self.input_shape else "2-D points"
-    return (f"{self.model} {shape} b{self.batch_size} {self.dtype} "
-            f"k{self.steps_per_dispatch} d{self.num_devices}")
-
-  @property
-  def classifier(self) -> bool:
-    return self.model in CLASSIFIER_MODELS
-
-
-def parse_shape(text: str | None) -> tuple[int, ...] | None:
-  """'32x32x3' -> (32, 32, 3); None or '' -> None (2-D points)."""
-  return tuple(int(s) for s in text.split("x")) if text else None
-
-
-def quick_cases() -> list[Case]:
-  return [Case(m, parse_shape(s), b, d, k) for m, s, b, d, k in QUICK_CASES]
-
-
-def check_model(model: str) -> None:
-  if model not in MODELS:
-    raise UsageError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+# The names and the case live in ``spec`` (no JAX there); cases.X keeps working.
+from .spec import (CLASSIFIER_MODELS, DENSITY_MODELS, MODELS, QUICK_CASES,  # pylint: disable=unused-import
+                   QUICK_NUM_DEVICES, QUICK_SCALING_MODELS, Case, check_model,
+                   parse_shape, quick_cases)
 
 
 def _train_overrides(train, case: Case) -> None:

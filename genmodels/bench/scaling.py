@@ -19,9 +19,9 @@ import jax
 from . import cases as cases_lib
 from . import harness
 
-# The entry point (experiments/benchmark.py) the subprocess runs.
-ENTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "benchmark.py")
+# The subprocess runs the benchmark's entry point as ``python3 -m genmodels.bench``,
+# with genmodels importable from where this process imported it.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def per_device_batch(model: str) -> int:
@@ -59,9 +59,11 @@ def in_subprocess(models, num_devices, n_sim: int, repeats: int,
   """``measure_scaling`` in a subprocess with ``n_sim`` simulated CPU devices."""
   fd, out = tempfile.mkstemp(suffix=".json", prefix="genmodels_scaling_")
   os.close(fd)
-  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                                    f" --xla_force_host_platform_device_count={n_sim}"))
-  cmd = [sys.executable, ENTRY, f"--scaling_worker={out}",
+  path = os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
+  env = dict(os.environ, PYTHONPATH=path,
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={n_sim}"))
+  cmd = [sys.executable, "-m", "genmodels.bench", f"--scaling_worker={out}",
          f"--scaling_models={','.join(models)}",
          f"--num_devices={','.join(map(str, num_devices))}",
          f"--repeats={repeats}", f"--window_seconds={window_seconds}",
