@@ -16,6 +16,7 @@ from genmodels import probability
 from genmodels.density import yardstick
 from genmodels.data import world_map
 from genmodels.training import experiment
+from genmodels.training import preemption
 from genmodels.training import provenance
 
 SAMPLE_CHUNK = 100_000  # samples drawn per call: bounds the memory of a flow's inverse
@@ -78,9 +79,13 @@ models whose samples cost a chain each); *train s*, training seconds
 
 
 def draw(trained, key, n: int) -> np.ndarray:
-  """n samples [n, 2], drawn in chunks of ``SAMPLE_CHUNK``."""
-  chunks = [trained.sample(jax.random.fold_in(key, i), min(SAMPLE_CHUNK, n - start))
-            for i, start in enumerate(range(0, n, SAMPLE_CHUNK))]
+  """n samples [n, 2], drawn in chunks of ``SAMPLE_CHUNK``; a stop request
+  (SIGTERM, SIGINT) raises ``preemption.Preempted`` between chunks."""
+  chunks = []
+  for i, start in enumerate(range(0, n, SAMPLE_CHUNK)):
+    preemption.stop_if_requested(f"sampling model {trained.name!r}", local=True)
+    chunks.append(trained.sample(jax.random.fold_in(key, i),
+                                 min(SAMPLE_CHUNK, n - start)))
   return np.concatenate(chunks)
 
 
@@ -90,15 +95,20 @@ def score(trained, data: world_map.WorldMapData, result, samples) -> dict:
   Held-out NLL and KL to the truth from the model's density (an upper bound
   on the KL where its log_prob is a lower bound, the VAE's; none for an
   implicit model); land precision, recall and binned KLs from ``samples``
-  (``yardstick``).
+  (``yardstick``). A stop request raises ``preemption.Preempted`` between its
+  parts, and within the yardstick's long numpy passes.
   """
+  phase = f"scoring model {trained.name!r}"
+  stoppable = lambda fn, *args: preemption.run_stoppable(fn, *args, phase=phase)
   entropy = world_map.entropy()
   row: dict = {"test_nll": None, "kl_to_truth": None, "zero_density_fraction": None,
-               **yardstick.score_samples(samples),
+               **stoppable(yardstick.score_samples, samples),
                "num_params": experiment.num_params(trained.params, trained.model),
                "train_seconds": float(result.train_seconds), "validation_nll": None}
   # A perfect sampler's score at the same N: the column's zero (it falls like 1/N).
-  row["binned_kl_1deg_floor"] = yardstick.yardstick_floor(len(samples), 1.0).mean
+  row["binned_kl_1deg_floor"] = stoppable(yardstick.yardstick_floor,
+                                          len(samples), 1.0).mean
+  preemption.stop_if_requested(phase, local=True)
   if not trained.has_density:
     return row
   test, val = result.last("test"), result.last("validation")
@@ -116,11 +126,13 @@ def score(trained, data: world_map.WorldMapData, result, samples) -> dict:
       row[f"test_{key}"] = float(test[key])
       row[f"{key[:-4]}_kl_to_truth"] = float(test[key]) - entropy
   row.update(trained.diagnostics(data.validation[:IWAE_CHECK_POINTS]))
+  preemption.stop_if_requested(phase, local=True)
   if zero > 0:  # Say what the model does on the points it does not rule out.
     lp = trained.log_prob(data.test)
     finite = np.isfinite(lp)
     row["test_nll_on_support"] = float(-lp[finite].mean())
     row["kl_on_support"] = row["test_nll_on_support"] - entropy
+    preemption.stop_if_requested(phase, local=True)  # before the figures
   return row
 
 

@@ -36,6 +36,7 @@ from genmodels.errors import UsageError
 from genmodels.training import loop
 from genmodels.training import metrics as metrics_lib
 from genmodels.training import optim
+from genmodels.training import preemption
 from genmodels.training import provenance
 from genmodels.training import steps as steps_lib
 
@@ -205,6 +206,11 @@ def run(experiment: Experiment, config, workdir: str,
   loaded it already (the entry points do, before the workdir is touched).
   A multi-model experiment's results.json is rewritten after each model, so a
   stopped run keeps the rows it finished. Only process 0 writes.
+
+  SIGTERM or SIGINT stops it (``preemption.Preempted``) in every long phase:
+  training and its evaluations (``loop.train``), the reports (which check
+  between their pieces), between models and before the figures; a re-run
+  resumes each model from its checkpoint and redoes its report.
   """
   steal = provenance.StealMeter()
   t_start = time.perf_counter()
@@ -216,12 +222,16 @@ def run(experiment: Experiment, config, workdir: str,
   no_figures = dataclasses.replace(options, figures=False)
   for task in experiment.tasks(config, data, options):
     result = train(task, model_dir(workdir, task), config.seed, options)
+    what = "the model" if task.name is None else f"model {task.name!r}"
     if main and task.report is not None:
       rows[task.name] = task.report(result, workdir)
+    # Every process, after the report process 0 alone ran: they agree here.
+    preemption.stop_if_requested(f"reporting {what}")
     if main and task.name is not None:  # the rows so far, for a stopped run
       record = provenance.run_record(steal)
       write_results(workdir, {**experiment.summarize(
           config, data, rows, workdir, no_figures, record), "run": record})
+  preemption.stop_if_requested("writing the figures and results")
   if not main:
     return {}
   record = provenance.run_record(steal)

@@ -7,6 +7,15 @@ the dataset on device and sends only batch indices, runs jit-compiled steps
 devices, stops at the first non-finite loss or gradient, evaluates, writes
 metrics and checkpoints, and shows a progress bar.
 
+Stops: SIGTERM or SIGINT (``preemption``) stops at the next step boundary
+with a checkpoint, between the batches of an evaluation (a stop during an
+evaluation in the middle of training saves the step it evaluates; the final
+evaluation comes after the final checkpoint). A stop asked for before
+``train`` is called stops at its first step boundary.
+The training seconds are kept beside the checkpoints (``train_seconds.json``),
+so a resumed run reports the time of the whole training, not of its last
+session.
+
 Determinism: the batch order comes from (seed, epoch) and every random key from
 (seed, step), so a resumed run replays exactly what an uninterrupted one does.
 
@@ -104,14 +113,19 @@ class TrainResult:
 
 
 def evaluate(eval_step: Callable, variables: Any, data: dict[str, np.ndarray],
-             batch_size: int, mesh=None) -> dict[str, float]:
-  """Means of per-example metrics over a whole split (padded last batch, masked)."""
+             batch_size: int, mesh=None, phase: str = "evaluating") -> dict[str, float]:
+  """Means of per-example metrics over a whole split (padded last batch, masked).
+
+  A stop request (``preemption``) raises ``Preempted`` between batches, with
+  ``phase`` saying what was running; all processes agree on the batch.
+  """
   n = len(next(iter(data.values())))
   batch_size = min(batch_size, n)  # a small split is not padded to a whole batch
   if mesh is not None:  # Batches must split evenly over the devices.
     batch_size = -(-batch_size // mesh.size) * mesh.size
   sums: dict[str, float] = {}
   for start in range(0, n, batch_size):
+    preemption.stop_if_requested(phase)
     batch = {k: v[start:start + batch_size] for k, v in data.items()}
     m = len(next(iter(batch.values())))
     mask = np.arange(batch_size) < m
@@ -162,6 +176,23 @@ def _load_window(workdir: str, start: int) -> list[dict]:
     return []
   return [{k: np.dtype(dtype).type(v)
            for k, (v, dtype) in w.items()} for w in record["window"]]
+
+
+_TIME_FILE = "train_seconds.json"
+
+
+def _load_train_seconds(workdir: str) -> dict[int, float]:
+  """{checkpointed step: training seconds up to it} of the earlier sessions."""
+  try:
+    with open(os.path.join(workdir, _TIME_FILE)) as f:
+      return {int(k): float(v) for k, v in json.load(f).items()}
+  except (OSError, ValueError, TypeError, AttributeError):
+    return {}
+
+
+def _save_train_seconds(workdir: str, seconds: dict[int, float]) -> None:
+  metrics_lib.write_json_atomic(os.path.join(workdir, _TIME_FILE),
+                                {str(k): v for k, v in sorted(seconds.items())})
 
 
 def _first_bad(metrics: dict) -> tuple[int, str] | None:
@@ -262,6 +293,10 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
     start, state = restored
     if jax.process_index() == 0:  # at the default level: the user should know
       print(f"resumed from step {start}", file=sys.stderr, flush=True)
+  preemption.note_checkpoint(start)
+  # The training seconds of the earlier sessions, up to the step resumed from.
+  seconds_at = {k: v for k, v in _load_train_seconds(workdir).items() if k <= start}
+  base_seconds = seconds_at.get(start, 0.0) if start else 0.0
   # Multi-process: process 0 writes metrics.jsonl and TensorBoard events; the
   # others keep the same records in memory (Orbax coordinates the checkpoints).
   writer = (metrics_lib.MetricWriter(workdir, resume_step=start)
@@ -272,17 +307,30 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
   eval_seconds = 0.0
   window: list[dict] = _load_window(workdir, start)
 
+  def trained_so_far():
+    return base_seconds + time.perf_counter() - t0 - eval_seconds
+
+  def save(step, force=False):
+    if ckpt.save(step, state, force=force):
+      preemption.note_checkpoint(step)
+      if jax.process_index() == 0:
+        seconds_at[step] = trained_so_far()
+        _save_train_seconds(workdir, seconds_at)
+
   def run_eval(step):
     nonlocal eval_seconds
     if eval_step is None or not eval_data:
       return
     t = time.perf_counter()
-    trained_seconds = t - t0 - eval_seconds
+    trained_seconds = trained_so_far()
     results = {}
     variables = state.variables if eval_prepare is None else eval_prepare(state.variables)
+    final = step == config.num_steps
     for split, split_data in eval_data.items():
-      results[split] = evaluate(eval_step, variables, split_data,
-                                config.eval_batch_size, mesh)
+      results[split] = evaluate(
+          eval_step, variables, split_data, config.eval_batch_size, mesh,
+          phase=(f"evaluating the {split} split at the end of training" if final
+                 else f"evaluating the {split} split at step {step}"))
       writer.write(step, split, results[split])
     eval_seconds += time.perf_counter() - t
     if on_eval is not None:
@@ -322,16 +370,23 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
         writer.write(step, "train", mean)
         bar.set_postfix(loss=f"{mean['loss']:.4f}")
         window = []
+      signum = None
       if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
-        run_eval(step)
-      ckpt.save(step, state)
-      if step < config.num_steps and (signum := preemption.should_stop()):
-        ckpt.save(step, state, force=True)
+        try:
+          run_eval(step)
+        except preemption.Preempted as e:  # keep the steps it was evaluating
+          signum = e.signum
+      save(step)
+      if step < config.num_steps and (signum or (signum := preemption.should_stop())):
+        save(step, force=True)
         if jax.process_index() == 0:
           _save_window(workdir, step, window)
         raise preemption.Preempted(step, signum)
-    train_seconds = time.perf_counter() - t0 - eval_seconds
-    ckpt.save(step, state, force=True)
+    train_seconds = trained_so_far()
+    save(step, force=True)
+    if jax.process_index() == 0 and step not in seconds_at:  # saved by an earlier run
+      seconds_at[step] = train_seconds
+      _save_train_seconds(workdir, seconds_at)
     run_eval(step)
   finally:
     bar.close()
