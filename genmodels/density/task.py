@@ -91,10 +91,30 @@ def model_names(config) -> list[str]:
 
 
 def check(config) -> None:
+  """The config's own fields, before anything is loaded or written.
+
+  Sizes are bounded (``experiment.MAX_COUNT`` each) and must fit in this
+  machine's memory together: a world-map point costs ~300 bytes at its peak
+  (the rejection sampler's candidates, in ``world_map.load`` for the data and
+  again in the yardstick's floor, which draws as many data points as the
+  model's samples).
+  """
   for key in ("num_train", "num_validation", "num_test", "num_samples"):
     if not 0 < config[key] < float("inf"):
       raise UsageError(f"{key} must be a positive number, got {config[key]}")
-  for name in model_names(config):
+  names = model_names(config)
+  data_keys = ("num_train", "num_validation", "num_test")
+  counts = {key: config[key] for key in (*data_keys, "num_samples")}
+  own = {n: f"models.{n}.num_samples" for n in names
+         if config.models[n].get("num_samples") is not None}
+  counts.update({key: config.models[n].num_samples for n, key in own.items()})
+  experiment.check_sizes({key: (value, 0) for key, value in counts.items()})
+  # The models are scored one after another: the largest count they use is the peak.
+  used = {own.get(n, "num_samples") for n in names}
+  peak = max(used, key=lambda key: counts[key])
+  experiment.check_sizes({**{key: (counts[key], 300) for key in data_keys},
+                          peak: (counts[peak], 310)})
+  for name in names:
     check_model(name, config.models[name].model.to_dict())
 
 

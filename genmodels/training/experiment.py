@@ -133,6 +133,97 @@ def loop_config(train_cfg, num_examples: int, seed: int, progress: bool = True,
       progress=progress, num_devices=num_devices)
 
 
+# The most examples (or samples) any one size field may ask for: beyond it a
+# run needs more memory than a workstation has, and int32 indices overflow.
+MAX_COUNT = 10**8
+# The share of the machine's memory the sizes asked for may take.
+MEMORY_FRACTION = 0.8
+
+
+def machine_memory_bytes() -> int | None:
+  """This machine's memory (or its container's limit, if lower); None if unknown."""
+  try:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    total = None
+  for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    try:
+      with open(path) as f:
+        limit = int(f.read().strip())
+    except (OSError, ValueError):
+      continue
+    if limit > 0 and (total is None or limit < total):
+      total = limit
+  return total
+
+
+def _gb(n: float) -> str:
+  return f"{n / 1e9:.1f} GB"
+
+
+def check_sizes(sizes: dict[str, tuple[Any, float]], limit: int = MAX_COUNT) -> None:
+  """The size fields of a config against a bound and this machine's memory.
+
+  ``sizes``: {field: (value, bytes one example costs at the run's peak)}.
+  Each value must be a whole number in 1 .. ``limit``, and all of them
+  together must fit in ``MEMORY_FRACTION`` of ``machine_memory_bytes`` (the
+  estimate and the machine's memory are in the message). Raises UsageError
+  before anything is loaded or written.
+  """
+  for key, (value, _) in sizes.items():
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise UsageError(f"{key} must be a whole number, got {value!r}")
+    if not 0 < value <= limit:
+      if value <= 0:
+        raise UsageError(f"{key} must be a positive number, got {value}")
+      raise UsageError(f"{key}={value:,} is above the limit of {limit:,}: lower it")
+  need = sum(float(value) * each for value, each in sizes.values())
+  memory = machine_memory_bytes()
+  if memory and need > MEMORY_FRACTION * memory:
+    parts = ", ".join(f"{k}={v:,} at ~{each:g} bytes each" for k, (v, each)
+                      in sizes.items())
+    raise UsageError(
+        f"the sizes asked for need about {_gb(need)} of memory ({parts}), more than "
+        f"{MEMORY_FRACTION:.0%} of this machine's {_gb(memory)}: lower them")
+
+
+def check_model(path: str, build: Callable[[], Any],
+                trace: Callable[[Any], Any]) -> Any:
+  """Builds a model from its config fields and traces its entry points (no compute).
+
+  ``build()`` returns the module; ``trace(module)`` runs ``jax.eval_shape`` of
+  its init and of every method training and the report call. Any failure
+  (a zero width, a negative size, a bad activation name) is a UsageError
+  naming the field ``path`` (e.g. "config.models.mlp.model"), before the
+  workdir is touched or any model is trained. Returns the module.
+  """
+  try:
+    model = build()
+    trace(model)
+  except UsageError as e:
+    raise UsageError(f"{path}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise UsageError(f"the model cannot be built from its fields ({path}): "
+                     f"{type(e).__name__}: {first or 'no message'}") from None
+  return model
+
+
+def check_widths(path: str, fields: dict, names: Iterable[str]) -> None:
+  """Each of ``names`` in ``fields`` (layer widths: an int or a sequence of ints)
+  must be positive whole numbers; a UsageError names ``path.name``."""
+  for name in names:
+    if name not in fields or fields[name] is None:
+      continue
+    value = fields[name]
+    widths = list(value) if isinstance(value, (tuple, list)) else [value]
+    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, (int, np.integer))
+           or w <= 0]
+    if bad:
+      raise UsageError(f"{path}.{name} must be positive whole numbers (layer "
+                       f"widths), got {tuple(value) if isinstance(value, (tuple, list)) else value}")
+
+
 def check_unit(name: str, cfg, num_examples: int | None, seed: int) -> None:
   """The checks of one unit's ``train`` and ``optimizer`` blocks, as one-line errors."""
   prefix = f"{name}: " if name else ""
