@@ -169,17 +169,75 @@ class TrainedAutoencoder:
                               np.asarray(z, np.float32))
 
 
+# R^2 on fewer held-out pictures is noise (on one it is -inf: no variance).
+MIN_TEST_EXAMPLES = 10
+MAX_IMAGE_SIZE = 256
+# Factors that make the pictures: the probe reads two, so the latent has two.
+NUM_FACTORS = 2
+
+
 def check(config) -> None:
+  """Every field of the config, before anything is loaded, written or trained."""
   for key in ("num_train", "num_test", "probe_examples", "walk_size"):
     if not 0 < config[key] < float("inf"):
       raise UsageError(f"{key} must be a positive number, got {config[key]}")
-  if config.image_size < 8:
-    raise UsageError(f"image_size must be at least 8, got {config.image_size}")
+  if not 8 <= config.image_size <= MAX_IMAGE_SIZE:
+    raise UsageError(f"image_size must be in 8..{MAX_IMAGE_SIZE}, got "
+                     f"{config.image_size}")
   if config.num_train < 3:
     raise UsageError("num_train must be at least 3 to fit a probe")
+  if config.num_test < MIN_TEST_EXAMPLES:
+    raise UsageError(f"num_test must be at least {MIN_TEST_EXAMPLES}: the probe's "
+                     f"held-out R^2 on {config.num_test} picture(s) is noise "
+                     f"(-inf on one), got {config.num_test}")
+  if config.probe_examples < 3:
+    raise UsageError(f"probe_examples must be at least 3 to fit a probe, got "
+                     f"{config.probe_examples}")
+  if config.walk_size < 2:
+    raise UsageError(f"walk_size must be at least 2 (a walk needs two pictures "
+                     f"per row), got {config.walk_size}")
   if not 0 <= config.autoencoder.prior_weight < float("inf"):
     raise UsageError(f"autoencoder.prior_weight must be >= 0, got "
                      f"{config.autoencoder.prior_weight}")
+  ae = config.autoencoder
+  if not 0 < ae.num_directions < float("inf"):
+    raise UsageError(f"autoencoder.num_directions must be positive, got "
+                     f"{ae.num_directions}")
+  if ae.pca_init and not 0 < ae.pca_examples < float("inf"):
+    raise UsageError(f"autoencoder.pca_examples must be positive, got "
+                     f"{ae.pca_examples}")
+  # A picture costs its float32 pixels about 4 times over at the peak (the
+  # drawing's intermediates, the host and device copies).
+  pixel_bytes = 16 * config.image_size ** 2
+  experiment.check_sizes({"num_train": (config.num_train, pixel_bytes),
+                          "num_test": (config.num_test, pixel_bytes)})
+  check_model(config)
+
+
+def check_model(config) -> None:
+  """Builds the autoencoder from ``config.autoencoder.model`` and traces (no
+  compute) its init, encode, decode and call: a bad field is a one-line
+  UsageError naming it, before any workdir exists."""
+  path = "config.autoencoder.model"
+  fields = config.autoencoder.model.to_dict()
+  experiment.check_widths(path, fields, ("hidden", "encoder_hidden", "latent_dim"))
+  if fields.get("latent_dim", NUM_FACTORS) != NUM_FACTORS:
+    raise UsageError(
+        f"{path}.latent_dim must be {NUM_FACTORS}, got {fields['latent_dim']}: the "
+        f"report inverts the probe latent -> (radius, height) for its walk, which "
+        f"needs as many latent numbers as factors")
+  size = int(config.image_size)
+  x = jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32)
+  z = jax.ShapeDtypeStruct((2, NUM_FACTORS), jnp.float32)
+
+  def trace(model):
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    jax.eval_shape(lambda v, x: model.apply(v, x, method="encode"), variables, x)
+    jax.eval_shape(lambda v, z: model.apply(v, z, method="decode"), variables, z)
+    jax.eval_shape(model.apply, variables, x)
+
+  experiment.check_model(path, lambda: ae_lib.Autoencoder(
+      image_shape=(size, size, 1), **fields), trace)
 
 
 def unit_configs(config) -> dict:

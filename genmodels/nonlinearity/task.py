@@ -40,13 +40,39 @@ def bernoulli_eval(model: nn.Module):
 
 
 def check(config) -> None:
+  """Every field of the config, before anything is loaded, written or trained:
+  sizes, then each model built from its fields and traced (``check_model``)."""
   for key in ("num_train", "num_test"):
     if not 0 < config[key] < float("inf"):
       raise UsageError(f"{key} must be a positive number, got {config[key]}")
+  # A visitor's row: float32 features and a label, copied a few times at the peak.
+  row_bytes = 16 * (tabular_data.NUM_FEATURES + 1)
+  experiment.check_sizes({key: (config[key], row_bytes)
+                          for key in ("num_train", "num_test")})
   for name in config.models:
     if name not in tabular_models.TABULAR_MODELS:
       raise UsageError(f"unknown model {name!r} in config.models; valid: "
                        f"{', '.join(tabular_models.TABULAR_MODELS)}")
+  for name in config.models:  # all of them, before the first one trains
+    check_model(name, config.models[name].model.to_dict())
+
+
+def check_model(name: str, fields: dict) -> None:
+  """Builds model ``name`` from its fields and traces (no compute) its init and
+  its call in training and evaluation; a bad field is a one-line UsageError
+  naming ``config.models.NAME.model``."""
+  path = f"config.models.{name}.model"
+  experiment.check_widths(path, fields, ("hidden",))
+  x = jax.ShapeDtypeStruct((2, tabular_data.NUM_FEATURES), jnp.float32)
+
+  def trace(model):
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    for train in (True, False):
+      jax.eval_shape(lambda v, x, train=train: model.apply(v, x, train=train),
+                     variables, x)
+
+  experiment.check_model(path, lambda: tabular_models.get_tabular_model(name, **fields),
+                         trace)
 
 
 def unit_configs(config) -> dict:

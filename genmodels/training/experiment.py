@@ -220,8 +220,9 @@ def check_widths(path: str, fields: dict, names: Iterable[str]) -> None:
     bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, (int, np.integer))
            or w <= 0]
     if bad:
+      shown = tuple(value) if isinstance(value, (tuple, list)) else value
       raise UsageError(f"{path}.{name} must be positive whole numbers (layer "
-                       f"widths), got {tuple(value) if isinstance(value, (tuple, list)) else value}")
+                       f"sizes), got {shown}")
 
 
 def check_unit(name: str, cfg, num_examples: int | None, seed: int) -> None:
