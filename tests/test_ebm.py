@@ -26,6 +26,7 @@ from scipy import special
 
 from genmodels import probability
 from genmodels.models import ebm
+from genmodels.numerics import langevin, quadrature
 
 LO, HI = (-180.0, -90.0), (180.0, 90.0)
 CELLS, NODES = (360, 180), 2  # the model's default rule
@@ -96,7 +97,7 @@ GAUSSIANS = [((0.0, 0.0), (30.0, 15.0)),
 @pytest.mark.parametrize("mean,std", GAUSSIANS, ids=["20deg", "3deg-edge", "1deg", "0.5deg"])
 def test_quadrature_meets_its_error_bound_on_truncated_gaussians(mean, std):
   energy = lambda x: 0.5 * jnp.sum(((x - jnp.asarray(mean)) / jnp.asarray(std))**2, -1)
-  log_q = float(jax.jit(lambda: ebm.log_integral_box(energy, LO, HI, CELLS, NODES))())
+  log_q = float(jax.jit(lambda: quadrature.log_integral_box(energy, LO, HI, CELLS, NODES))())
   exact = [gaussian_integral_1d(LO[d], HI[d], mean[d], std[d]) for d in range(2)]
   eps = [gl_error_bound_1d(LO[d], HI[d], CELLS[d], NODES, mean[d], std[d])
          for d in range(2)]
@@ -119,7 +120,7 @@ def test_quadrature_is_exact_on_cubics():
                     (2.0 - (x[:, 1] / 90.0)**3 + (x[:, 1] / 90.0)))
   exact = (2.0 * 360 + 0.5 * 360 / 3) * (2.0 * 180)  # odd terms vanish on the box
   for cells in [(1, 1), (3, 2), CELLS]:
-    log_q = float(jax.jit(lambda c=cells: ebm.log_integral_box(energy, LO, HI, c, 2))())
+    log_q = float(jax.jit(lambda c=cells: quadrature.log_integral_box(energy, LO, HI, c, 2))())
     assert abs(log_q - math.log(exact)) < F32_SLACK, cells
 
 
@@ -163,7 +164,7 @@ def _quadratic(u):
 
 def _run(steps, **kw):
   u0 = jax.random.uniform(jax.random.key(0), (NUM_CHAINS, 2))
-  fn = jax.jit(lambda u0, k: ebm.langevin(_quadratic, u0, k, steps, STEP,
+  fn = jax.jit(lambda u0, k: langevin.langevin(_quadratic, u0, k, steps, STEP,
                                           math.sqrt(2 * STEP), **kw))
   u, acceptance = fn(u0, jax.random.key(1))
   return np.asarray(u, np.float64), float(acceptance)

@@ -17,6 +17,7 @@ from scipy import stats
 
 from genmodels.density import task
 from genmodels.models import gan
+from genmodels.models import gan_networks
 from genmodels.training import optim
 from genmodels.training import steps
 
@@ -213,7 +214,7 @@ def test_the_engine_trains_both_parts_with_their_own_optimizers():
 
 
 def test_coarse_to_fine_schedule_counts_steps_and_fades_frequencies_in():
-  w = np.asarray(gan.frequency_weights(6, 2.5))
+  w = np.asarray(gan_networks.frequency_weights(6, 2.5))
   np.testing.assert_allclose(w, [1, 1, 0.5, 0, 0, 0], atol=1e-6)
   model, x_all, variables, _ = _model(coarse_to_fine_steps=4)
   assert set(variables) == {"params", "schedule"}
@@ -252,11 +253,11 @@ def test_interp_uniform_matches_numpy_interp():
                       jnp.float32)
   p = jnp.asarray(np.random.default_rng(1).uniform(-0.1, 1.1, 500), jnp.float32)
   grid = np.linspace(0.0, 1.0, 9)
-  np.testing.assert_allclose(gan.interp_uniform(p, knots[1]),
+  np.testing.assert_allclose(gan_networks.interp_uniform(p, knots[1]),
                              np.interp(p, grid, knots[1]), atol=1e-6)
   row = jnp.asarray(np.arange(500) % 3)
   want = [np.interp(p[i], grid, knots[int(row[i])]) for i in range(500)]
-  np.testing.assert_allclose(gan.interp_uniform(p, knots, row), want, atol=1e-6)
+  np.testing.assert_allclose(gan_networks.interp_uniform(p, knots, row), want, atol=1e-6)
 
 
 def test_banded_generator_starts_at_the_datas_coarse_joint_distribution():
@@ -288,4 +289,4 @@ def test_banded_generator_starts_at_the_datas_coarse_joint_distribution():
   # Not the product of the marginals: longitude depends on the hemisphere.
   assert np.mean(s[s[:, 1] > 1, 0]) < -60 and np.mean(s[s[:, 1] < -1, 0]) > 30
   # Fewer points than bands (a shapes-only init, as load_density's) still works.
-  assert gan.band_knots(x[:3] / 180.0, 4, 8).shape == (8, 5)
+  assert gan_networks.band_knots(x[:3] / 180.0, 4, 8).shape == (8, 5)

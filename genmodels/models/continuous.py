@@ -63,7 +63,6 @@ gives the same tree.
 
 from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,69 +70,10 @@ import numpy as np
 from genmodels.errors import UsageError
 from genmodels.numerics import coords
 from genmodels.numerics import ode
-from genmodels.numerics.features import fourier_features
 from genmodels.models import base
+from genmodels.models.time_field import TimeField, posterior_weights, stratified
 
 Array = jax.Array
-
-
-def _stratified(rng: Array, like: Array) -> Array:
-  """One uniform in each [i/B, (i+1)/B), B = len(like): times with less variance."""
-  n = like.shape[0]
-  return (jnp.arange(n, dtype=like.dtype) + jax.random.uniform(rng, (n,), like.dtype)) / n
-
-
-def _posterior_weights(ut: Array, coef: Array, data: Array, scale: Array) -> Array:
-  """[B, B] softmax_j log N(ut_i; coef_i data_j, scale_i^2 I): whose noised copy u_t is.
-
-  The stable target field (Xu et al., 2023): regressing on the posterior mean
-  of the target over a reference batch, rather than on one sample's target,
-  has the same minimiser as B grows and far less variance at high noise. The
-  reference set is the batch itself, so j = i is always a candidate and at low
-  noise the weights tend to [i == j]. coef and scale are [B, 1]. Cost: B^2
-  pair distances (B = 1024: a few per cent of a training step); skipped at
-  initialisation, which the engine may run on the whole training set.
-  """
-  d2 = jnp.sum((ut[:, None, :] - coef[:, None, :] * data[None, :, :])**2, -1)
-  return jax.lax.stop_gradient(jax.nn.softmax(-0.5 * d2 / scale**2, axis=-1))
-
-
-class TimeField(nn.Module):
-  """MLP f(u, t, blur) -> [N, out] on Fourier features of u and t, SiLU activations.
-
-  Features of u: u and sin/cos at ``num_frequencies`` frequencies spaced
-  geometrically from 1 to ``max_frequency`` (radians per standardised unit).
-  Features of t in [0, 1]: t and sin/cos(pi k t), k = 1..time_frequencies. The
-  time features are also added to every hidden layer through its own Dense (a
-  cheap per-layer time conditioning). The last layer starts at zero.
-
-  ``blur`` [N] (optional) is the noise level of u_t measured in data units:
-  each frequency f of u is damped by exp(-(f blur)^2 / 2), which is exactly
-  what Gaussian noise of that size does to a sinusoid of the data density.
-  Frequencies the noisy density cannot contain are then absent from the
-  network's input, which keeps the field smooth at high noise (an ODE easy to
-  integrate) while the clean end keeps the full resolution.
-  """
-  out: int = 2
-  hidden: int = 256
-  depth: int = 4
-  num_frequencies: int = 16
-  max_frequency: float = 100.0
-  time_frequencies: int = 8
-
-  @nn.compact
-  def __call__(self, u: Array, t: Array, blur: Array | None = None) -> Array:
-    batch = u.shape[:-1]
-    t = jnp.broadcast_to(jnp.asarray(t, u.dtype), batch)[..., None]
-    freqs = jnp.asarray(np.geomspace(1.0, self.max_frequency, self.num_frequencies)
-                        if self.num_frequencies else np.zeros((0,)), u.dtype)
-    fx = fourier_features(u, freqs, blur)
-    ft = fourier_features(t, int(self.time_frequencies))
-    h = nn.Dense(self.hidden)(jnp.concatenate([fx, ft], -1))
-    for _ in range(self.depth - 1):
-      h = nn.silu(h)
-      h = nn.Dense(self.hidden)(h) + nn.Dense(self.hidden, use_bias=False)(ft)
-    return nn.Dense(self.out, kernel_init=nn.initializers.zeros)(nn.silu(h))
 
 
 class _Continuous(base.DensityModel):
@@ -253,7 +193,7 @@ class FlowMatching(_Continuous):
 
   Training times t are stratified uniform. With ``stable_target`` the
   regression target u_1 - u_0 is replaced by its posterior mean given u_t over
-  the batch (see ``_posterior_weights``): same minimiser, far less variance.
+  the batch (see ``time_field.posterior_weights``): same minimiser, far less variance.
   The likelihood ODE runs in t from 1 to 0 on a grid with steps growing like
   s^ode_time_power, small at the data end where the field is sharpest.
   """
@@ -272,7 +212,7 @@ class FlowMatching(_Continuous):
     """(u_t, t, target) for data u_1 in standardised units: v(u_t, t) ~ target."""
     noise_rng, t_rng = jax.random.split(rng)
     u0 = jax.random.normal(noise_rng, u1.shape, u1.dtype)
-    t = _stratified(t_rng, u1)
+    t = stratified(t_rng, u1)
     ut = (1.0 - t)[:, None] * u0 + t[:, None] * u1
     target = u1 - u0
     if self.stable_target and not self.is_initializing():
@@ -281,7 +221,7 @@ class FlowMatching(_Continuous):
       # target_i = sum_j w_ij (u_1,j - u_t,i) / (1 - t_i), written as below so
       # that it stays exact as t -> 1 (where w_ij -> [i == j]).
       s = (1.0 - t)[:, None]
-      w = _posterior_weights(ut, t[:, None], u1, s)
+      w = posterior_weights(ut, t[:, None], u1, s)
       target = target + (w @ u1 - u1) / s
     return ut, t, target
 
@@ -376,9 +316,9 @@ class Diffusion(_Continuous):
     noise_rng, t_rng = jax.random.split(rng)
     eps = jax.random.normal(noise_rng, u.shape, u.dtype)
     if self.time_sampling == "cosine":
-      t = _stratified(t_rng, u)
+      t = stratified(t_rng, u)
     elif self.time_sampling == "logsnr":
-      lam = self.logsnr_max - (self.logsnr_max - self.logsnr_min) * _stratified(t_rng, u)
+      lam = self.logsnr_max - (self.logsnr_max - self.logsnr_min) * stratified(t_rng, u)
       t = self.time_of_logsnr(lam)
     else:
       raise UsageError(f"time_sampling must be 'cosine' or 'logsnr', got "
@@ -388,7 +328,7 @@ class Diffusion(_Continuous):
     ut = alpha * u + sigma * eps
     target = eps
     if self.stable_target and not self.is_initializing():  # see FlowMatching
-      w = _posterior_weights(ut, alpha, u, sigma)
+      w = posterior_weights(ut, alpha, u, sigma)
       target = eps + alpha * (u - w @ u) / sigma
     return ut, t, target
 

@@ -16,7 +16,7 @@ units, uniform noise over the box at init), restarts a random
 ``reinit_fraction`` (5%) of them from uniform noise over the box, runs
 ``langevin_steps`` steps and writes the chain ends back to their slots.
 
-Langevin dynamics (``langevin``) run in standardised coordinates
+Langevin dynamics (``numerics.langevin.langevin``) run in standardised coordinates
 u = (x - lo) / (hi - lo) in [0, 1]^2 and propose
 
     u' = u - step_size * clamp(grad_u E(u), +-grad_clamp) + noise * N(0, I)
@@ -41,7 +41,7 @@ not sample exp(-E) of a world map, and exp(-E) / Z is then not what CD fits:
 
 Exact scoring. In 2-D the partition function is an integral over the box,
 Z = integral over [lo, hi] of exp(-E(x)) dx, computed by quadrature
-(``log_integral_box``): the tensor-product composite Gauss-Legendre rule with
+(``numerics.quadrature.log_integral_box``): the tensor-product composite Gauss-Legendre rule with
 ``quadrature_nodes`` nodes per cell side on ``quadrature_cells`` equal cells
 (defaults: 360 x 180 one-degree cells, 2 x 2 nodes, 259,200 energies), summed
 in log space. Per axis the rule is exact for cubics in each cell and its
@@ -87,143 +87,13 @@ import numpy as np
 
 from genmodels.errors import UsageError
 from genmodels.numerics import coords
+from genmodels.numerics.langevin import langevin
+from genmodels.numerics.quadrature import log_integral_box
 from genmodels.numerics.features import fourier_features
 from genmodels.models import base
 
 Array = jax.Array
 EnergyFn = Callable[[Array], Array]
-
-
-# ---------------------------------------------------------------- quadrature
-
-def gauss_legendre_nodes(lo: float, hi: float, cells: int, nodes: int
-                         ) -> tuple[np.ndarray, np.ndarray]:
-  """Composite Gauss-Legendre on [lo, hi]: ``cells`` equal cells, ``nodes`` each.
-
-  Returns nodes [cells * nodes] and weights (summing to hi - lo), float64.
-  """
-  t, w = np.polynomial.legendre.leggauss(int(nodes))
-  h = (hi - lo) / cells
-  left = lo + h * np.arange(cells)
-  xs = (left[:, None] + h * (t[None, :] + 1.0) / 2.0).ravel()
-  ws = np.tile(w * h / 2.0, cells)
-  return xs, ws
-
-
-def log_integral_box(energy_fn: EnergyFn, lo: Sequence[float], hi: Sequence[float],
-                     cells: Sequence[int], nodes: int, rows_per_chunk: int = 32
-                     ) -> Array:
-  """log of the integral of exp(-energy_fn(x)) over the box [lo, hi] (2-D).
-
-  The tensor-product composite Gauss-Legendre rule: ``cells[d]`` equal cells
-  along axis d, ``nodes`` Gauss-Legendre nodes per cell side. ``energy_fn``
-  maps points [M, 2] to energies [M]. The grid is evaluated ``rows_per_chunk``
-  second-axis nodes at a time (``lax.map``: bounded memory, jit-able) and
-  summed in log space.
-  """
-  xs, wx = gauss_legendre_nodes(lo[0], hi[0], int(cells[0]), nodes)
-  ys, wy = gauss_legendre_nodes(lo[1], hi[1], int(cells[1]), nodes)
-  rows = len(ys)
-  num_chunks = -(-rows // rows_per_chunk)
-  pad = num_chunks * rows_per_chunk - rows
-  # Padded rows get weight 0 (log weight -inf): they add nothing.
-  ys = np.concatenate([ys, np.full(pad, ys[-1])])
-  with np.errstate(divide="ignore"):
-    log_wy = np.concatenate([np.log(wy), np.full(pad, -np.inf)])
-  xs_j = jnp.asarray(xs, jnp.float32)
-  log_wx = jnp.asarray(np.log(wx), jnp.float32)
-  ys_c = jnp.asarray(ys.reshape(num_chunks, rows_per_chunk), jnp.float32)
-  log_wy_c = jnp.asarray(log_wy.reshape(num_chunks, rows_per_chunk), jnp.float32)
-
-  def chunk(args):
-    y, log_w = args  # [r], [r]
-    pts = jnp.stack(jnp.broadcast_arrays(xs_j[None, :], y[:, None]), -1)
-    e = energy_fn(pts.reshape(-1, 2)).reshape(len(y), len(xs))
-    terms = -e + log_wx[None, :] + log_w[:, None]
-    return jax.nn.logsumexp(terms)
-
-  return jax.nn.logsumexp(jax.lax.map(chunk, (ys_c, log_wy_c)))
-
-
-# ------------------------------------------------------------------ Langevin
-
-def reflect_unit(u: Array) -> Array:
-  """Reflects points into [0, 1] at both walls (then clips the rare far overshoot)."""
-  u = jnp.where(u < 0.0, -u, u)
-  u = jnp.where(u > 1.0, 2.0 - u, u)
-  return jnp.clip(u, 0.0, 1.0)
-
-
-def _energy_and_grad(energy_fn: EnergyFn, u: Array) -> tuple[Array, Array]:
-  """Per-point energies [N] and their gradients [N, D] (chains are independent)."""
-  e, vjp = jax.vjp(energy_fn, u)
-  return e, vjp(jnp.ones_like(e))[0]
-
-
-def langevin(energy_fn: EnergyFn, u0: Array, rng: Array, num_steps: int,
-             step_size: float, noise: float, grad_clamp: float | None = None,
-             metropolis: bool = False, jump_every: int = 0) -> tuple[Array, Array]:
-  """``num_steps`` Langevin steps on the unit box [0, 1]^D; returns (u, acceptance).
-
-  Each step proposes u' = u - step_size * g(u) + noise * xi, xi ~ N(0, I), with
-  g = grad E, each coordinate clamped to [-grad_clamp, grad_clamp] when
-  ``grad_clamp`` is given (the book's clamp: drift never moves a point more
-  than step_size * grad_clamp, so a chain cannot be flung across a steep
-  coastline of the energy). ``energy_fn`` maps [N, D] to [N].
-
-  * ``metropolis=False``: the book's (unadjusted) Langevin dynamics: u' is
-    taken, reflected into the box. With noise = sqrt(2 step_size) and no
-    clamp it samples exp(-E) up to a discretisation bias of order step_size.
-  * ``metropolis=True``: MALA: u' is accepted with the Metropolis-Hastings
-    probability min(1, exp(-E(u') + E(u)) q(u | u') / q(u' | u)) for the
-    Gaussian proposal q above (clamp included), and rejected outside the box,
-    so exp(-E) on the box is *exactly* invariant for any step size, noise and
-    clamp: large steps cross flat oceans quickly and a rejected step into the
-    sea keeps a coast sharp.
-
-  * ``jump_every=k`` (MALA only): every k-th step proposes instead a point
-    uniform over the box (an independence Metropolis move, accepted with
-    probability min(1, exp(E(u) - E(u')))), which also leaves exp(-E)
-    invariant and lets a chain jump between continents, which local Langevin
-    steps cannot cross in any affordable time.
-
-  The acceptance returned is the mean share of accepted moves (1 for ULA).
-  """
-  if jump_every and not metropolis:
-    raise UsageError("jump_every needs metropolis=True (the jump is a Metropolis move)")
-  def drift(g):
-    if grad_clamp is not None:
-      g = jnp.clip(g, -grad_clamp, grad_clamp)
-    return step_size * g
-
-  def body(i, carry):
-    u, e, g, accepted = carry
-    key = jax.random.fold_in(rng, i)
-    xi = jax.random.normal(key, u.shape, u.dtype)
-    prop = u - drift(g) + noise * xi
-    if not metropolis:
-      prop = reflect_unit(prop)
-      e_prop, g_prop = _energy_and_grad(energy_fn, prop)
-      return prop, e_prop, g_prop, accepted + 1.0
-    jump = (i + 1) % jump_every == 0 if jump_every else False
-    if jump_every:
-      uniform = jax.random.uniform(jax.random.fold_in(key, 2), u.shape, u.dtype)
-      prop = jnp.where(jump, uniform, prop)
-    inside = jnp.all((prop >= 0.0) & (prop <= 1.0), -1)
-    e_prop, g_prop = _energy_and_grad(energy_fn, jnp.clip(prop, 0.0, 1.0))
-    log_fwd = -0.5 * jnp.sum(xi**2, -1)
-    log_bwd = -0.5 * jnp.sum((u - prop + drift(g_prop))**2, -1) / noise**2
-    log_ratio = e - e_prop + jnp.where(jump, 0.0, log_bwd - log_fwd)
-    log_uniform = jnp.log(jax.random.uniform(jax.random.fold_in(key, 1), e.shape))
-    accept = inside & (log_uniform < log_ratio)
-    return (jnp.where(accept[:, None], prop, u), jnp.where(accept, e_prop, e),
-            jnp.where(accept[:, None], g_prop, g),
-            accepted + jnp.mean(accept.astype(u.dtype)))
-
-  e0, g0 = _energy_and_grad(energy_fn, u0)
-  u, _, _, accepted = jax.lax.fori_loop(
-      0, num_steps, body, (u0, e0, g0, jnp.zeros((), u0.dtype)))
-  return u, accepted / max(num_steps, 1)
 
 
 # ------------------------------------------------------------------- network
