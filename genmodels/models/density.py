@@ -154,7 +154,8 @@ class Gaussian(_Normalised):
 
   def log_prob(self, x: Array) -> Array:
     mean, chol = self(x)
-    return _mvn_log_prob(self.to_unit(x), mean[None], chol[None])[:, 0] - self.log_scale
+    log_p = _mvn_log_prob(self.to_unit(x), mean[None], chol[None])[:, 0] - self.log_scale
+    return coords.mask_log_prob(x, log_p)  # an infinite coordinate: -inf, not NaN
 
   def sample(self, rng: Array, n: int) -> Array:
     mean, chol = self._params()
@@ -198,7 +199,8 @@ class GaussianMixture(_Normalised):
   def log_prob(self, x: Array) -> Array:
     logits, means, chol = self(x)
     comp = _mvn_log_prob(self.to_unit(x), means, chol)  # [N, K]
-    return jax.nn.logsumexp(comp + jax.nn.log_softmax(logits), -1) - self.log_scale
+    log_p = jax.nn.logsumexp(comp + jax.nn.log_softmax(logits), -1) - self.log_scale
+    return coords.mask_log_prob(x, log_p)  # an infinite coordinate: -inf, not NaN
 
   def sample(self, rng: Array, n: int) -> Array:
     logits, means, chol = self._params()

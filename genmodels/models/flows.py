@@ -180,6 +180,11 @@ class RealNVP(_Flow):
   def base_log_prob(self, z):
     return jnp.sum(jax.scipy.stats.norm.logpdf(z), -1)
 
+  def log_prob(self, x: Array) -> Array:
+    # The conditioners' float32 arithmetic turns infinite or huge inputs into
+    # NaN (sin(inf), inf - inf): such points have density 0 (``coords.FAR``).
+    return coords.mask_log_prob(x, super().log_prob(x), affine=self.affine)
+
   def base_sample(self, rng, n):
     return jax.random.normal(rng, (n, len(self.lo)))
 

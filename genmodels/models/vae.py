@@ -173,7 +173,10 @@ class VAE(base.DensityModel):
 
     out = jax.lax.map(one_chunk, jnp.arange(num_chunks))
     out = out.reshape(num_chunks * chunk, -1)
-    return out[:num_samples] + self.log_jacobian()
+    # Infinite or huge points (``coords.FAR``): weight 0 (log -inf), not the
+    # NaN the networks' float32 arithmetic makes of them.
+    return coords.mask_log_prob(x, out[:num_samples] + self.log_jacobian(),
+                                affine=self.affine)
 
   def iwae_bound(self, x: Array, num_samples: int, rng: Array | None = None) -> Array:
     """L_K(x) per point [N]: logsumexp of K log-weights minus log K."""

@@ -101,7 +101,7 @@ class Affine:
 
 def mask_log_prob(x: Array, log_p: Array, inside: Array | None = None,
                   affine: Affine | None = None) -> Array:
-  """log_p [N] with -inf for points outside the support and NaN for NaN points.
+  """log_p [..., N] with -inf for points outside the support, NaN for NaN points.
 
   Outside: where ``inside`` [N] is False, where a coordinate is infinite, and,
   with ``affine``, beyond ``FAR`` of its units (``Affine.beyond``). Points with
