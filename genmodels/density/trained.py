@@ -7,6 +7,7 @@ Each model of a density workdir lives in ``workdir/models/NAME/`` with its
 
 import functools
 import json
+import operator
 import os
 
 import jax
@@ -32,7 +33,13 @@ class TrainedDensity:
   ``log_prob``. Constants of the parameters (an energy model's log Z) are
   computed once per ``params`` object: to score other parameters, assign a
   new ``params`` rather than editing its arrays in place.
+
+  ``sample`` draws at most ``MAX_SAMPLES`` points per call (10^8 points of 2
+  float32 coordinates are 800 MB, before the model's own working memory): a
+  larger n is refused before anything is allocated, since an allocation that
+  fails inside XLA aborts the whole process (a notebook's kernel with it).
   """
+  MAX_SAMPLES = 10**8
 
   def __init__(self, name: str, model, params):
     self.name, self.model, self.params = name, model, params
@@ -50,11 +57,12 @@ class TrainedDensity:
       raise UsageError(f"{self.name!r} is an implicit model: it has samples but no "
                        "log_prob; score it with genmodels.density.yardstick.score_samples")
     x = np.asarray(x, dtype=np.float32)
+    given = tuple(x.shape)  # the shape the caller passed, for the message
     single = x.ndim == 1
     x = x[None] if single else x
     if x.ndim != 2 or x.shape[-1] != 2:
-      raise UsageError(f"points must have shape [N, 2] as (longitude, latitude) "
-                       f"in degrees, got {tuple(np.shape(x))}")
+      raise UsageError(f"points must have shape [N, 2] (or [2] for one point) as "
+                       f"(longitude, latitude) in degrees, got {given}")
     if self._variables_of is not self.params:  # once per parameters: e.g. log Z
       self._variables = self._prepare({"params": self.params})
       self._variables_of = self.params
@@ -62,10 +70,18 @@ class TrainedDensity:
     return out[0] if single else out
 
   def sample(self, key: jax.Array, n: int) -> np.ndarray:
-    """n points [n, 2] in degrees."""
-    if int(n) <= 0:
-      raise UsageError(f"n must be positive, got {n}")
-    return np.asarray(self._sample(self.params, key, int(n)))
+    """n points [n, 2] in degrees; n an integer in [1, MAX_SAMPLES]."""
+    try:
+      if isinstance(n, bool):
+        raise TypeError
+      n = operator.index(n)
+    except TypeError:
+      raise UsageError(f"n must be an integer number of points, got {n!r}") from None
+    if not 1 <= n <= self.MAX_SAMPLES:
+      raise UsageError(f"n must be between 1 and {self.MAX_SAMPLES:,} "
+                       f"(TrainedDensity.MAX_SAMPLES) per call, got {n:,}: "
+                       "draw larger sets in several calls with different keys")
+    return np.asarray(self._sample(self.params, key, n))
 
   def diagnostics(self, x) -> dict[str, float]:
     """The model's own checks on points x (``diagnostics``), or {}."""
@@ -92,9 +108,28 @@ def load_density(workdir: str, name: str | None = None) -> TrainedDensity:
     if not os.path.exists(results_path):
       raise UsageError(f"no results.json in {workdir}: run "
                               f"experiments/density_mle.py --workdir={workdir} first")
-    with open(results_path) as f:
-      rows = json.load(f)["models"]
+    try:
+      with open(results_path) as f:
+        results = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UsageError(f"cannot read {results_path} ({e}): run "
+                       f"experiments/density_mle.py --workdir={workdir} again") from None
+    rows = results.get("models") if isinstance(results, dict) else None
+    if not isinstance(rows, dict) or not all(isinstance(r, dict) for r in rows.values()):
+      keys = ", ".join(sorted(results)[:8]) if isinstance(results, dict) else "no fields"
+      raise UsageError(
+          f"{workdir} is not a density workdir: its results.json has no models' rows "
+          f"(it holds {keys or 'nothing'}: another experiment's results): pass the "
+          f"--workdir of an experiments/density_mle.py run")
     explicit = [n for n in rows if rows[n].get("validation_nll") is not None]
+    if not explicit:
+      if not rows:
+        raise UsageError(f"{workdir} holds no trained model yet: run experiments/"
+                         f"density_mle.py --workdir={workdir} to the end first")
+      raise UsageError(
+          f"{workdir} holds only models without a density ({', '.join(rows)}: they "
+          f"sample but have no log_prob), so there is no best by validation NLL: "
+          f"pass the name, e.g. load_density({workdir!r}, {next(iter(rows))!r})")
     name = min(explicit, key=lambda n: float(rows[n]["validation_nll"]))
   model_dir = os.path.join(workdir, "models", name)
   if not os.path.exists(os.path.join(model_dir, "model.json")):

@@ -67,6 +67,7 @@ from genmodels.errors import UsageError
 from genmodels.numerics import coords
 from genmodels.numerics.features import fourier_features
 from genmodels.models import base
+from genmodels.models import fields
 
 Array = jax.Array
 
@@ -248,6 +249,8 @@ class AutoregressiveDensity(base.DensityModel):
   num_frequencies: int = 64
 
   def _axes(self) -> tuple[int, int]:
+    fields.require(self, positive=("num_components", "hidden"), positive_pairs=("bins",),
+                   nonnegative=("depth", "num_frequencies"), box=True)
     if self.order not in ORDERS:
       raise UsageError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
     if self.conditional not in CONDITIONALS:

@@ -71,6 +71,7 @@ from genmodels.errors import UsageError
 from genmodels.numerics import coords
 from genmodels.numerics import ode
 from genmodels.models import base
+from genmodels.models import fields
 from genmodels.models.time_field import TimeField, posterior_weights, stratified
 
 Array = jax.Array
@@ -96,7 +97,12 @@ class _Continuous(base.DensityModel):
                      max_frequency=self.max_frequency,
                      time_frequencies=self.time_frequencies, **parent)
 
+  positive_fields = ("hidden", "depth", "num_ode_steps")
+
   def setup(self):
+    fields.require(self, positive=self.positive_fields,
+                   nonnegative=("num_frequencies", "time_frequencies"),
+                   positive_real=("scale",))
     self.net = self._net_def()
 
   @property
@@ -265,6 +271,13 @@ class Diffusion(_Continuous):
   time_sampling: str = "logsnr"
   stable_target: bool = True
   ode_time_power: float = 1.0
+  positive_fields = _Continuous.positive_fields + ("num_sampling_steps",)
+
+  def setup(self):
+    if not self.logsnr_min < self.logsnr_max:
+      raise UsageError(f"logsnr_min ({self.logsnr_min}) must be below logsnr_max "
+                       f"({self.logsnr_max}): set the model's logsnr range")
+    super().setup()
 
   def _ab(self):
     b = float(np.arctan(np.exp(-0.5 * self.logsnr_max)))

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from genmodels.models import base
+from genmodels.models import fields
 from genmodels.numerics import coords
 
 Array = jax.Array
@@ -117,6 +118,7 @@ class Gaussian(_Normalised):
 
   @nn.compact
   def __call__(self, x: Array):
+    fields.require(self, positive_real=("scale",))
     d = x.shape[-1]
 
     def init_mean(_):
@@ -175,6 +177,8 @@ class GaussianMixture(_Normalised):
 
   @nn.compact
   def __call__(self, x: Array):
+    fields.require(self, positive=("num_components",),
+                   positive_real=("scale", "init_scale"))
     k, d = self.num_components, x.shape[-1]
 
     def init_means(rng):

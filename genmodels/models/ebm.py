@@ -91,6 +91,7 @@ from genmodels.numerics.langevin import langevin
 from genmodels.numerics.quadrature import log_integral_box
 from genmodels.numerics.features import fourier_features
 from genmodels.models import base
+from genmodels.models import fields
 
 Array = jax.Array
 EnergyFn = Callable[[Array], Array]
@@ -177,6 +178,13 @@ class EnergyModel(base.DensityModel):
   normalizer_cells: Sequence[int] = (128, 64)
 
   def setup(self):
+    fields.require(self, positive=("hidden", "buffer_size", "langevin_steps",
+                                   "sample_steps", "quadrature_nodes"),
+                   nonnegative=("depth", "num_frequencies", "jump_every"),
+                   positive_pairs=("quadrature_cells", "normalizer_cells"),
+                   positive_real=("step_size",), box=True)
+    if not 0.0 <= self.reinit_fraction <= 1.0:
+      raise UsageError(f"reinit_fraction must be in [0, 1], got {self.reinit_fraction}")
     if self.head not in HEADS:
       raise UsageError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
     if self.training not in TRAININGS:

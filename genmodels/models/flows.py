@@ -33,6 +33,7 @@ from genmodels.numerics import coords
 from genmodels.numerics import splines
 from genmodels.numerics.features import fourier_features
 from genmodels.models import base
+from genmodels.models import fields
 
 Array = jax.Array
 
@@ -122,10 +123,14 @@ class _Flow(base.DensityModel):
   depth: int = 2
   num_frequencies: int = 0
 
+  positive_fields = ()  # a subclass's own positive integer fields
+
   def make_layer(self, i):
     raise NotImplementedError
 
   def setup(self):
+    fields.require(self, positive=("num_layers", "hidden") + self.positive_fields,
+                   nonnegative=("depth", "num_frequencies"), box=True)
     self.layers = [self.make_layer(i) for i in range(self.num_layers)]
 
   def forward(self, u: Array) -> tuple[Array, Array]:
@@ -195,6 +200,7 @@ class SplineFlow(_Flow):
   Points outside the box have density 0 (log-density -inf).
   """
   num_bins: int = 32
+  positive_fields = ("num_bins",)
 
   def make_layer(self, i):
     return SplineCoupling(hidden=self.hidden, depth=self.depth,

@@ -78,6 +78,7 @@ import ml_collections
 
 from genmodels.errors import UsageError
 from genmodels.models import base
+from genmodels.models import fields
 from genmodels.models.gan_networks import (COARSE_START, Discriminator, Generator,
                                            StepCounter, box_excess, fold_into_box)
 from genmodels.numerics import coords
@@ -174,6 +175,12 @@ class GAN(base.DensityModel):
   rejection_quantile: float = 0.999
 
   def setup(self):
+    fields.require(self, positive=("noise_dim", "generator_hidden", "generator_quantiles",
+                                   "discriminator_hidden"),
+                   nonnegative=("generator_depth", "generator_blocks",
+                                "generator_frequencies", "generator_bands",
+                                "discriminator_depth", "discriminator_frequencies",
+                                "coarse_to_fine_steps"), box=True)
     if not 0.0 <= self.rejection_quantile <= 1.0:  # NaN fails too
       raise UsageError(f"rejection_quantile must be in [0, 1] (0: no rejection), "
                        f"got {self.rejection_quantile}")

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from genmodels.errors import UsageError
 from genmodels.models import base
+from genmodels.models import fields
 
 Array = jax.Array
 
@@ -60,8 +61,9 @@ class TVHistogram(base.DensityModel):
   tv_eps: float = 1e-3
 
   def setup(self):
-    if not (len(self.cells) == 2 and all(int(c) >= 1 for c in self.cells)):
-      raise UsageError(f"cells must be two positive counts, got {self.cells}")
+    fields.require(self, positive_pairs=("cells",), box=True)
+    if len(self.cells) != 2:
+      raise UsageError(f"cells must be two counts (columns, rows), got {self.cells}")
     if not 0 <= self.tv_weight < float("inf"):
       raise UsageError(f"tv_weight must be >= 0, got {self.tv_weight}")
     nx, ny = (int(c) for c in self.cells)

@@ -65,6 +65,7 @@ import numpy as np
 
 from genmodels.errors import UsageError
 from genmodels.models import base
+from genmodels.models import fields
 from genmodels.models.vae_networks import (Decoder, Encoder, LinearDecoder,
                                            LinearEncoder)
 from genmodels.numerics import coords
@@ -118,9 +119,10 @@ class VAE(base.DensityModel):
   iwae_chunk: int = 32
 
   def setup(self):
-    for field in ("latent_dim", "hidden", "iwae_samples", "iwae_chunk"):
-      if int(getattr(self, field)) < 1:
-        raise UsageError(f"{field} must be at least 1, got {getattr(self, field)}")
+    fields.require(self, positive=("latent_dim", "hidden", "decoder_blocks",
+                                   "iwae_samples", "iwae_chunk"),
+                   nonnegative=("encoder_depth", "decoder_depth", "num_frequencies",
+                                "latent_frequencies"), box=True)
     self.encoder = Encoder(self.latent_dim, self.hidden, self.encoder_depth,
                            self.num_frequencies, self.full_covariance,
                            self.min_scale, self.encoder_init_scale)
