@@ -178,8 +178,7 @@ class _Continuous(base.DensityModel):
     field = lambda v, t: self.ode_velocity(net, v, t)
     lp = ode.log_prob(field, u, self.ode_times(num_ode_steps),
                       ode.standard_normal_log_prob)
-    # Infinite or huge points (``coords.FAR``) have density 0, not the NaN
-    # the network's float32 arithmetic makes of them.
+    # Infinite or huge points (``coords.FAR``): density 0, not the net's NaN.
     return coords.mask_log_prob(x, lp - self.log_scale, affine=self.affine)
 
   def __call__(self, x: Array) -> Array:
