@@ -17,6 +17,7 @@ from genmodels.latent.probes import (factors, fit_linear_probe, r2_score,
                                      volume_from_latent, walk_grid)
 from genmodels.networks import autoencoder as ae_lib
 from genmodels.training import experiment
+from genmodels.training import preemption
 
 
 def _monotone_fraction(values, axis):
@@ -84,6 +85,7 @@ def row(config, trained, result, train, test, info, workdir, options) -> dict:
   """Analyses the latent; writes the figures; returns results.json."""
   results, arrays = analyse(trained, train, test, config.probe_examples,
                             config.walk_size)
+  preemption.stop_if_requested("analysing the latent", local=True)  # before figures
   results.update(info)
   results["train_seconds"] = float(result.train_seconds)
   results["num_steps"] = int(config.autoencoder.train.num_steps)

@@ -295,8 +295,9 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
       print(f"resumed from step {start}", file=sys.stderr, flush=True)
   preemption.note_checkpoint(start)
   # The training seconds of the earlier sessions, up to the step resumed from.
-  seconds_at = {k: v for k, v in _load_train_seconds(workdir).items() if k <= start}
-  base_seconds = seconds_at.get(start, 0.0) if start else 0.0
+  seconds_at = ({k: v for k, v in _load_train_seconds(workdir).items() if k <= start}
+                if restored is not None else {})
+  base_seconds = seconds_at.get(start, 0.0)
   # Multi-process: process 0 writes metrics.jsonl and TensorBoard events; the
   # others keep the same records in memory (Orbax coordinates the checkpoints).
   writer = (metrics_lib.MetricWriter(workdir, resume_step=start)
