@@ -1,0 +1,143 @@
+"""The image experiment's tasks: fit each discrete image model by maximum likelihood.
+
+The loss and the per-image evaluation are the density experiment's
+(``genmodels.density.task``: the mean NLL, or a model's own
+``training_loss``); the images are integer levels, so the NLL is exact.
+Scoring (bits per dimension) is ``report.score``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from genmodels.density.task import density_eval, density_loss
+from genmodels.errors import UsageError
+from genmodels.images import data as data_lib
+from genmodels.images import models
+from genmodels.images import report
+from genmodels.training import experiment
+
+
+def init_variables(model, rng, x):
+  """The model's variables, initialised from training images x (as its loss sees them)."""
+  if not model.trains_by_nll:
+    return model.init(rng, x, rng, method="training_loss")
+  return model.init(rng, x, method="log_prob")
+
+
+def model_names(config) -> list[str]:
+  """The models ``config.model`` asks for: "all" or comma-separated names, each once."""
+  valid = f"all, {', '.join(models.names())}"
+  names = []
+  for name in (n.strip() for n in config.model.split(",")):
+    for member in (models.names() if name == "all" else [name] if name else []):
+      if member not in models.IMAGE_CARDS:
+        raise UsageError(f"unknown --model {member!r}; valid: {valid}")
+      if member not in config.models:
+        raise UsageError(f"model {member!r} has no config in config.models: add one")
+      if member not in names:
+        names.append(member)
+  if not names:
+    raise UsageError(f"--model names no model; valid: {valid}")
+  return names
+
+
+def num_examples(config) -> int:
+  """Training images: num_train, or the whole training split less validation."""
+  if config.num_train:
+    return int(config.num_train)
+  return 60_000 - int(config.num_validation)
+
+
+def check(config) -> None:
+  """The config's own fields, before anything is loaded or written."""
+  if config.dataset not in data_lib.DATASETS:
+    raise UsageError(f"unknown dataset {config.dataset!r}; valid: "
+                     f"{', '.join(data_lib.DATASETS)}")
+  size, levels = config.image_size, config.num_levels
+  if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 28:
+    raise UsageError(f"image_size must be a whole number in 1..28, got {size!r}")
+  if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 256:
+    raise UsageError(f"num_levels must be a whole number in 2..256, got {levels!r}")
+  for key in ("num_train", "num_validation", "num_test"):
+    if not isinstance(config[key], int) or config[key] < 0:
+      raise UsageError(f"{key} must be a whole number >= 0, got {config[key]!r}")
+  if config.dataset == "synthetic" and not (config.num_train and config.num_test):
+    raise UsageError("dataset='synthetic' needs num_train > 0 and num_test > 0")
+  if config.dataset == "fashion_mnist_offline":
+    data_lib._split_sizes(config, 60_000, data_lib.TEST_SPLIT_SIZE)  # pylint: disable=protected-access
+  # Each image at its peak: the 28x28 uint8 source and its int64 resize sums.
+  each = 784 + 8 * size * size + size * size
+  experiment.check_sizes({"num_train": (num_examples(config), each),
+                          "num_figure_samples": (int(config.num_figure_samples), 0)})
+  for name in model_names(config):
+    check_model(name, config.models[name].model.to_dict(), size, levels)
+
+
+def build(name: str, fields: dict, num_levels: int):
+  fields = {k: v for k, v in fields.items() if k != "num_levels"}
+  return models.get_model(name, num_levels, **fields)
+
+
+def check_model(name: str, fields: dict, image_size: int, num_levels: int) -> None:
+  """Builds the model and traces its init, log_prob and sample (no compute)."""
+  x = jnp.zeros((8, image_size, image_size, 1), jnp.uint8)
+  key = jax.random.key(0)
+
+  def trace(model):
+    variables = jax.eval_shape(lambda: init_variables(model, key, x))
+    params = {"params": variables["params"]}
+    if model.has_density:
+      jax.eval_shape(lambda p: model.apply(p, x, method="log_prob"), params)
+    jax.eval_shape(lambda p: model.apply(p, key, 8, method="sample"), params)
+
+  experiment.check_model(f"config.models.{name}.model",
+                         lambda: build(name, fields, num_levels), trace)
+
+
+def unit_configs(config) -> dict:
+  return {name: config.models[name] for name in model_names(config)}
+
+
+def load_data(config) -> data_lib.DiscreteImages:
+  return data_lib.load(config)
+
+
+def make_task(name: str, cfg, data: data_lib.DiscreteImages, seed: int,
+              options: experiment.Options = experiment.Options(),
+              num_figure_samples: int = 64) -> experiment.Task:
+  """Model ``name`` fitted by maximum likelihood, scored by ``report.score``."""
+  model = build(name, cfg.model.to_dict(), data.num_levels)
+  init = jax.jit(functools.partial(init_variables, model))
+  train_x = jnp.asarray(data.train)
+  eval_data = {"test": {"x": data.test}}
+  if len(data.validation):
+    eval_data = {"validation": {"x": data.validation}, **eval_data}
+
+  def report_row(result, workdir):
+    row = report.score(name, model, result.state.params, data, result)
+    row["num_steps"] = int(cfg.train.num_steps)
+    if options.figures:
+      row["figures"] = report.figures(name, model, result, data, workdir,
+                                      jax.random.key(seed + 1), num_figure_samples)
+    return row
+
+  return experiment.Task(
+      name=name, config=cfg,
+      init=lambda k: init(k, train_x),
+      loss=density_loss(model),
+      train_data={"x": data.train},
+      eval_fn=density_eval(model),
+      eval_data=eval_data if model.has_density else None,
+      report=report_row)
+
+
+def tasks(config, data, options: experiment.Options):
+  for name in model_names(config):
+    print(f"== {name}", flush=True, file=sys.stderr)
+    yield make_task(name, config.models[name], data, config.seed, options,
+                    int(config.num_figure_samples))
