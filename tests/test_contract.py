@@ -262,3 +262,19 @@ def test_the_contract_leaves_no_capability_probe():
             f'"{c}"' in line for c in capabilities):
           offenders.append(f"{name}: {line.strip()}")
   assert not offenders
+
+
+def test_load_density_on_a_workdir_without_densities_says_what_it_holds(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import genmodels  # pylint: disable=g-import-not-at-top
+  (tmp_path / "results.json").write_text(json.dumps({"test_accuracy": 0.9}))
+  with pytest.raises(UsageError, match="not a density workdir.*test_accuracy"):
+    genmodels.load_density(str(tmp_path))
+  (tmp_path / "results.json").write_text(json.dumps({"models": {"gan": {
+      "validation_nll": None}}}))
+  with pytest.raises(UsageError, match=r"only models without a density \(gan.*"
+                     r"load_density\(.*'gan'\)"):
+    genmodels.load_density(str(tmp_path))
+  (tmp_path / "results.json").write_text("{garbage")
+  with pytest.raises(UsageError, match="cannot read"):
+    genmodels.load_density(str(tmp_path))

@@ -108,9 +108,28 @@ def load_density(workdir: str, name: str | None = None) -> TrainedDensity:
     if not os.path.exists(results_path):
       raise UsageError(f"no results.json in {workdir}: run "
                               f"experiments/density_mle.py --workdir={workdir} first")
-    with open(results_path) as f:
-      rows = json.load(f)["models"]
+    try:
+      with open(results_path) as f:
+        results = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UsageError(f"cannot read {results_path} ({e}): run "
+                       f"experiments/density_mle.py --workdir={workdir} again") from None
+    rows = results.get("models") if isinstance(results, dict) else None
+    if not isinstance(rows, dict) or not all(isinstance(r, dict) for r in rows.values()):
+      keys = ", ".join(sorted(results)[:8]) if isinstance(results, dict) else "no fields"
+      raise UsageError(
+          f"{workdir} is not a density workdir: its results.json has no models' rows "
+          f"(it holds {keys or 'nothing'}: another experiment's results): pass the "
+          f"--workdir of an experiments/density_mle.py run")
     explicit = [n for n in rows if rows[n].get("validation_nll") is not None]
+    if not explicit:
+      if not rows:
+        raise UsageError(f"{workdir} holds no trained model yet: run experiments/"
+                         f"density_mle.py --workdir={workdir} to the end first")
+      raise UsageError(
+          f"{workdir} holds only models without a density ({', '.join(rows)}: they "
+          f"sample but have no log_prob), so there is no best by validation NLL: "
+          f"pass the name, e.g. load_density({workdir!r}, {next(iter(rows))!r})")
     name = min(explicit, key=lambda n: float(rows[n]["validation_nll"]))
   model_dir = os.path.join(workdir, "models", name)
   if not os.path.exists(os.path.join(model_dir, "model.json")):
