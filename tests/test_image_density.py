@@ -244,7 +244,7 @@ def test_synthetic_data_is_seeded_and_discretised():
   a, b = data_lib.load(c), data_lib.load(c)
   np.testing.assert_array_equal(a.train, b.train)
   assert a.train.shape == (512, 4, 4, 1) and a.test.shape == (256, 4, 4, 1)
-  assert len(a.validation) == 128 and a.num_dims == 16
+  assert len(a.validation) == 256 and a.num_dims == 16
   assert a.train.max() <= 3 and len(np.unique(a.train)) == 4
   c.seed = 1
   assert not np.array_equal(data_lib.load(c).train, a.train)

@@ -69,6 +69,17 @@ def _pixel_log_probs(log_p: Array, levels: Array) -> Array:
   return flat[..., jnp.arange(num_pixels) * num_levels + levels]
 
 
+def sample_levels(rng: Array, log_p: Array, shape: tuple[int, ...]) -> Array:
+  """int32 levels of ``shape`` from the categoricals log_p [..., K] (broadcast
+  to ``shape``), by inverting the CDF: k = #{j < K-1 : u >= cdf_j} for one
+  uniform u per draw. The uniforms are drawn flat and reshaped: XLA on CPU
+  compiles a many-dimensional threefry draw (``jax.random.categorical``'s
+  K gumbels per pixel) for seconds; a flat one in well under a second."""
+  u = jax.random.uniform(rng, (math.prod(shape),)).reshape(*shape, 1)
+  cdf = jnp.cumsum(jnp.exp(log_p), -1)[..., :-1]
+  return jnp.sum(u >= cdf, -1).astype(jnp.int32)
+
+
 class IndependentPixels(base.DensityModel):
   """A categorical over ``num_levels`` grey levels per pixel, independent.
 
@@ -96,8 +107,8 @@ class IndependentPixels(base.DensityModel):
     return jax.nn.softmax(self(), -1)
 
   def sample(self, rng: Array, n: int) -> Array:
-    logits = self()
-    return jax.random.categorical(rng, logits, shape=(n, *logits.shape[:-1])).astype(jnp.int32)
+    log_p = jax.nn.log_softmax(self(), -1)
+    return sample_levels(rng, log_p, (n, *log_p.shape[:-1]))
 
   def num_free_params(self, params) -> int:
     *pixels, k = params["logits"].shape
@@ -160,8 +171,9 @@ class PixelMixture(base.DensityModel):
   def sample(self, rng: Array, n: int) -> Array:
     weights, logits = self()
     k_rng, x_rng = jax.random.split(rng)
-    comp = jax.random.categorical(k_rng, weights, shape=(n,))
-    return jax.random.categorical(x_rng, logits[comp]).astype(jnp.int32)
+    comp = sample_levels(k_rng, jax.nn.log_softmax(weights), (n,))
+    log_p = jax.nn.log_softmax(logits, -1)[comp]
+    return sample_levels(x_rng, log_p, log_p.shape[:-1])
 
   def diagnostics(self, x: Array) -> dict[str, Array]:
     """The effective number of components, exp(entropy of the weights)."""

@@ -13,10 +13,6 @@ import math
 import os
 
 import jax
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from genmodels.images import data as data_lib
@@ -35,11 +31,24 @@ def bits_per_dim(nll_nats, num_dims: int):
   return np.asarray(nll_nats, np.float64) / (num_dims * math.log(2))
 
 
-def per_image_nll(model, params, x: np.ndarray) -> np.ndarray:
-  """-log p(x) in nats per image, float64 [N] (in batches of one shape)."""
+def nll_function(model, batch_size: int = EVAL_BATCH):
+  """(params, x) -> -log p(x) in nats per image, float64 [N]: one jitted
+  log_prob over padded batches of one shape (every split compiles once)."""
   fn = jax.jit(lambda p, b: model.apply({"params": p}, b, method="log_prob"))
-  lp = experiment.batched(lambda b: fn(params, b), x, batch_size=EVAL_BATCH)
-  return -lp.astype(np.float64)
+
+  def nll(params, x: np.ndarray) -> np.ndarray:
+    n = len(x)
+    padded = -(-n // batch_size) * batch_size
+    x = np.concatenate([x, np.repeat(x[:1], padded - n, 0)]) if padded > n else x
+    lp = experiment.batched(lambda b: fn(params, b), x, batch_size=batch_size)
+    return -lp[:n].astype(np.float64)
+
+  return nll
+
+
+def per_image_nll(model, params, x: np.ndarray) -> np.ndarray:
+  """-log p(x) in nats per image, float64 [N]."""
+  return nll_function(model, min(EVAL_BATCH, len(x)))(params, x)
 
 
 def nll_summary(nll: np.ndarray, num_dims: int) -> dict:
@@ -58,7 +67,9 @@ def score(name: str, model, params, data: data_lib.DiscreteImages, result) -> di
   standard error), on validation and on (up to 10,000) training images."""
   phase = f"scoring model {name!r}"
   d = data.num_dims
-  test_nll = per_image_nll(model, params, data.test)
+  splits = [data.test, data.validation, data.train[:TRAIN_SCORE_IMAGES]]
+  nll = nll_function(model, min(EVAL_BATCH, max(len(x) for x in splits)))
+  test_nll = nll(params, data.test)
   test = nll_summary(test_nll, d)
   preemption.stop_if_requested(phase, local=True)
   row = {"test_bpd": test["bpd"], "test_bpd_se": test["bpd_se"],
@@ -68,22 +79,30 @@ def score(name: str, model, params, data: data_lib.DiscreteImages, result) -> di
          "zero_mass_test_images": int(np.sum(~np.isfinite(test_nll))),
          "num_params": experiment.num_params(params, model),
          "train_seconds": float(result.train_seconds)}
-  train = nll_summary(per_image_nll(model, params, data.train[:TRAIN_SCORE_IMAGES]), d)
-  row["train_bpd"] = train["bpd"]
+  row["train_bpd"] = nll_summary(nll(params, data.train[:TRAIN_SCORE_IMAGES]), d)["bpd"]
   row["validation_bpd"] = None
   if len(data.validation):
-    row["validation_bpd"] = nll_summary(
-        per_image_nll(model, params, data.validation), d)["bpd"]
-  diag = model.apply({"params": params}, data.validation[:1] if len(data.validation)
-                     else data.test[:1], method="diagnostics")
+    row["validation_bpd"] = nll_summary(nll(params, data.validation), d)["bpd"]
+  diag = jax.jit(lambda p, x: model.apply({"params": p}, x, method="diagnostics"))(
+      params, data.test[:1])
   row.update({k: float(v) for k, v in diag.items()})
   preemption.stop_if_requested(phase, local=True)
   return row
 
 
+def _pyplot():
+  """matplotlib's pyplot on the Agg backend, imported when a figure is drawn
+  (it takes seconds, and a run with --figures=false never needs it)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
 def image_grid(images: np.ndarray, num_levels: int, path: str, title: str = "",
                cols: int = 8) -> str:
   """Integer images [N, H, W, 1] as a grid, level 0 black and K-1 white."""
+  plt = _pyplot()
   n = len(images)
   rows = -(-n // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.4),
@@ -105,12 +124,14 @@ def figures(name, model, result, data, workdir, key, num_samples: int) -> list[s
   """figures/NAME_samples.png (a grid of samples) and, if trained, the NLL curve."""
   fig_dir = os.path.join(workdir, "figures")
   card = models.card(name)
-  samples = np.asarray(model.apply({"params": result.state.params}, key,
-                                   num_samples, method="sample"))
+  sample = jax.jit(lambda p, k: model.apply({"params": p}, k, num_samples,
+                                            method="sample"))
+  samples = np.asarray(sample(result.state.params, key))
   paths = [image_grid(samples, data.num_levels, f"{fig_dir}/{name}_samples.png",
                       title=f"{card.display}: samples")]
   train_rows = [r for r in result.history if r["split"] == "train" and "nll" in r]
   if train_rows:
+    plt = _pyplot()
     steps = [r["step"] for r in train_rows]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(steps, bits_per_dim([r["nll"] for r in train_rows], data.num_dims),
