@@ -6,7 +6,6 @@ on disk, so an entry point can refuse a start before anything is written.
 Refusals are ``UsageError``s naming the problem and the fix.
 """
 
-import contextlib
 import json
 import os
 import shutil
@@ -35,9 +34,10 @@ def lock_workdir(workdir: str) -> None:
   _WORKDIR_LOCKS.append(lock)
 
 
-def release_workdir() -> None:
+def release_workdir(remove: bool = False) -> None:
+  """Lets this process's workdir locks go; ``remove`` deletes their files too."""
   while _WORKDIR_LOCKS:
-    _WORKDIR_LOCKS.pop().release()
+    _WORKDIR_LOCKS.pop().release(remove=remove)
 
 
 def _clear(workdir: str) -> None:
@@ -170,9 +170,6 @@ def _read_config_or_none(path: str):
 def _undo_start(workdir: str, existed: bool, had_lock: bool) -> None:
   """Removes what a refused start made (the lock file, a new workdir), then
   lets the lock go: the workdir is left as it was."""
-  if not had_lock:  # unlinked while still held: no other run can be holding it
-    with contextlib.suppress(OSError):
-      os.remove(os.path.join(workdir, LOCK_FILE))
-  release_workdir()
+  release_workdir(remove=not had_lock)  # the file is removed while still held
   if not existed:
     shutil.rmtree(workdir, ignore_errors=True)

@@ -391,7 +391,9 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
     run_eval(step)
   finally:
     bar.close()
-    writer.close()
-    ckpt.close()
+    try:
+      ckpt.close()  # swallows its own errors
+    finally:
+      writer.close()  # may raise OSError (a full disk) as it flushes
   return TrainResult(state=state, history=writer.records,
                      train_seconds=train_seconds, resumed_from=start)
