@@ -220,8 +220,10 @@ def check_model(config) -> None:
   UsageError naming it, before any workdir exists."""
   path = "config.autoencoder.model"
   fields = config.autoencoder.model.to_dict()
-  experiment.check_widths(path, fields, ("hidden", "encoder_hidden", "latent_dim"))
-  if fields.get("latent_dim", NUM_FACTORS) != NUM_FACTORS:
+  experiment.check_widths(path, fields, ("hidden", "encoder_hidden"))
+  latent_dim = fields.get("latent_dim", NUM_FACTORS)
+  if (isinstance(latent_dim, bool) or not isinstance(latent_dim, int)
+      or latent_dim != NUM_FACTORS):
     raise UsageError(
         f"{path}.latent_dim must be {NUM_FACTORS}, got {fields['latent_dim']}: the "
         f"report inverts the probe latent -> (radius, height) for its walk, which "
