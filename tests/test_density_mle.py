@@ -374,4 +374,5 @@ def test_energy_model_evaluation_computes_log_z_once_per_evaluation(world, tmp_p
   np.testing.assert_allclose(trained.log_prob(world.test[:100]), lp2, rtol=1e-6)
   assert len(prepared) == 2
   box = density_experiment.make_task("box", _smoke_config().models.box, world, 0, options)
-  assert box.eval_prepare is None
+  box_variables = box.init(jax.random.key(0))
+  assert set(box.eval_prepare(box_variables)) == {"params"}  # nothing to cache

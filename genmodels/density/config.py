@@ -44,14 +44,7 @@ def base() -> ml_collections.ConfigDict:
   c.num_validation = 10_000
   c.num_test = 100_000
   c.num_samples = 1_000_000  # model samples for land precision and the yardstick
-  c.models = ml_collections.ConfigDict()
-  for name, card in models.cards().items():
-    if card.unit is None:
-      continue
-    u = card.unit()
-    # Every field, so that any can be overridden.
-    u.model = ml_collections.ConfigDict({**card.default_fields(), **u.model.to_dict()})
-    c.models[name] = u
+  c.models = models.default_units(models.cards())
   return c
 
 

@@ -50,7 +50,7 @@ def density_loss(model: nn.Module):
 
 def density_init(model: nn.Module, train_x):
   """rng -> variables: from the training points (data-dependent starts), jitted."""
-  init = jax.jit(functools.partial(trained_lib.init_variables, model))
+  init = jax.jit(functools.partial(models.init_variables, model))
   return lambda k: init(k, train_x)
 
 
@@ -75,19 +75,7 @@ def model_names(config) -> list[str]:
   "ladder" and "taxonomy", comma-separated (e.g. "ladder,vae,gan"), each
   model once."""
   groups = {"ladder": config_lib.ladder(), "taxonomy": config_lib.taxonomy()}
-  valid = f"ladder, taxonomy, {', '.join(models.names())}"
-  names = []
-  for name in (n.strip() for n in config.model.split(",")):
-    for member in groups.get(name, [name] if name else []):
-      if member not in models.cards():
-        raise UsageError(f"unknown --model {member!r}; valid: {valid}")
-      if member not in config.models:
-        raise UsageError(f"model {member!r} has no config in config.models: add one")
-      if member not in names:
-        names.append(member)
-  if not names:
-    raise UsageError(f"--model names no model; valid: {valid}")
-  return names
+  return models.select(config.model, models.cards(), config.models, groups)
 
 
 def check(config) -> None:
@@ -124,7 +112,7 @@ def check_model(name: str, fields: dict) -> None:
   model = models.get_density_model(name, **fields)
   x, key = jnp.zeros((8, 2), jnp.float32), jax.random.key(0)
   try:
-    variables = jax.eval_shape(lambda: trained_lib.init_variables(model, key, x))
+    variables = jax.eval_shape(lambda: models.init_variables(model, key, x))
     params = {"params": variables["params"]}
     if model.has_density:
       jax.eval_shape(lambda p: model.apply(p, x, method="log_prob"), params)

@@ -19,11 +19,7 @@ from genmodels.errors import UsageError
 from genmodels import models
 
 
-def init_variables(model, rng, x):
-  """The model's variables, initialised as its loss sees them (from points x)."""
-  if not model.trains_by_nll:
-    return model.init(rng, x, rng, method="training_loss")
-  return model.init(rng, x, method="log_prob")
+init_variables = models.init_variables  # the loss's view of a model's variables
 
 
 class TrainedDensity:

@@ -25,6 +25,7 @@ import ml_collections
 
 from genmodels.images import data as data_lib
 from genmodels.images import models
+from genmodels.models import base as models_base
 from genmodels.training import experiment
 
 
@@ -40,11 +41,7 @@ def base() -> ml_collections.ConfigDict:
   c.num_test = 0  # the whole test split: 10,000
   c.model = "all"
   c.num_figure_samples = 64
-  c.models = ml_collections.ConfigDict()
-  for name, card in models.IMAGE_CARDS.items():
-    u = card.unit()
-    u.model = ml_collections.ConfigDict({**card.default_fields(), **u.model.to_dict()})
-    c.models[name] = u
+  c.models = models_base.default_units(models.IMAGE_CARDS)
   return c
 
 

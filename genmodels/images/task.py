@@ -19,31 +19,14 @@ from genmodels.errors import UsageError
 from genmodels.images import data as data_lib
 from genmodels.images import models
 from genmodels.images import report
+from genmodels.models import base
 from genmodels.training import experiment
-
-
-def init_variables(model, rng, x):
-  """The model's variables, initialised from training images x (as its loss sees them)."""
-  if not model.trains_by_nll:
-    return model.init(rng, x, rng, method="training_loss")
-  return model.init(rng, x, method="log_prob")
 
 
 def model_names(config) -> list[str]:
   """The models ``config.model`` asks for: "all" or comma-separated names, each once."""
-  valid = f"all, {', '.join(models.names())}"
-  names = []
-  for name in (n.strip() for n in config.model.split(",")):
-    for member in (models.names() if name == "all" else [name] if name else []):
-      if member not in models.IMAGE_CARDS:
-        raise UsageError(f"unknown --model {member!r}; valid: {valid}")
-      if member not in config.models:
-        raise UsageError(f"model {member!r} has no config in config.models: add one")
-      if member not in names:
-        names.append(member)
-  if not names:
-    raise UsageError(f"--model names no model; valid: {valid}")
-  return names
+  return base.select(config.model, models.IMAGE_CARDS, config.models,
+                     {"all": models.names()})
 
 
 def num_examples(config) -> int:
@@ -89,7 +72,7 @@ def check_model(name: str, fields: dict, image_size: int, num_levels: int) -> No
   key = jax.random.key(0)
 
   def trace(model):
-    variables = jax.eval_shape(lambda: init_variables(model, key, x))
+    variables = jax.eval_shape(lambda: base.init_variables(model, key, x))
     params = {"params": variables["params"]}
     if model.has_density:
       jax.eval_shape(lambda p: model.apply(p, x, method="log_prob"), params)
@@ -112,7 +95,7 @@ def make_task(name: str, cfg, data: data_lib.DiscreteImages, seed: int,
               num_figure_samples: int = 64) -> experiment.Task:
   """Model ``name`` fitted by maximum likelihood, scored by ``report.score``."""
   model = build(name, cfg.model.to_dict(), data.num_levels)
-  init = jax.jit(functools.partial(init_variables, model))
+  init = jax.jit(functools.partial(base.init_variables, model))
   train_x = jnp.asarray(data.train)
   eval_data = {"test": {"x": data.test}}
   if len(data.validation):

@@ -17,8 +17,8 @@ from genmodels.models import gan
 from genmodels.models import histogram
 from genmodels.models import vae
 from genmodels.models.base import (BRANCHES, DensityModel, ModelCard, card, cards,
-                                   get_density_model, register, unregister,
-                                   with_normalizers)
+                                   default_units, get_density_model, init_variables,
+                                   register, select, unregister, with_normalizers)
 
 # In the order the ladder and the taxonomy run them.
 register(

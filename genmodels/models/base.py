@@ -180,6 +180,44 @@ def get_density_model(name: str, **fields) -> DensityModel:
                      f"{', '.join(c.default_fields()) or '(none)'}") from None
 
 
+def init_variables(model: DensityModel, rng: Array, x: Array) -> dict:
+  """The model's variables, initialised as its loss sees them (from data x)."""
+  if not model.trains_by_nll:
+    return model.init(rng, x, rng, method="training_loss")
+  return model.init(rng, x, method="log_prob")
+
+
+def default_units(cards_by_name: dict[str, ModelCard]) -> ml_collections.ConfigDict:
+  """Each card's default unit, its ``model`` block holding every module field
+  (so that any can be overridden from the command line)."""
+  units = ml_collections.ConfigDict()
+  for name, c in cards_by_name.items():
+    if c.unit is None:
+      continue
+    u = c.unit()
+    u.model = ml_collections.ConfigDict({**c.default_fields(), **u.model.to_dict()})
+    units[name] = u
+  return units
+
+
+def select(spec: str, known, configured, groups: dict[str, list[str]]) -> list[str]:
+  """The models a comma-separated ``spec`` of names and ``groups`` asks for, in
+  order, each once; every one must be ``known`` and have a unit in ``configured``."""
+  valid = ", ".join([*groups, *known])
+  names = []
+  for name in (n.strip() for n in spec.split(",")):
+    for member in groups.get(name, [name] if name else []):
+      if member not in known:
+        raise UsageError(f"unknown --model {member!r}; valid: {valid}")
+      if member not in configured:
+        raise UsageError(f"model {member!r} has no config in config.models: add one")
+      if member not in names:
+        names.append(member)
+  if not names:
+    raise UsageError(f"--model names no model; valid: {valid}")
+  return names
+
+
 def density_unit(num_steps=0, learning_rate=3e-3, weight_decay=0.0, batch_size=1024,
                  **model) -> ml_collections.ConfigDict:
   """A density model's config unit with the density experiment's defaults:
