@@ -178,9 +178,9 @@ class EnergyModel(base.DensityModel):
   normalizer_cells: Sequence[int] = (128, 64)
 
   def setup(self):
-    fields.require(self, positive=("hidden", "buffer_size", "langevin_steps",
-                                   "sample_steps", "quadrature_nodes"),
-                   nonnegative=("depth", "num_frequencies", "jump_every"),
+    fields.require(self, positive=("hidden", "buffer_size", "quadrature_nodes"),
+                   nonnegative=("depth", "num_frequencies", "jump_every",
+                                "langevin_steps", "sample_steps"),  # 0: no chain steps
                    positive_pairs=("quadrature_cells", "normalizer_cells"),
                    positive_real=("step_size",), box=True)
     if not 0.0 <= self.reinit_fraction <= 1.0:
