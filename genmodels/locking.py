@@ -27,8 +27,8 @@ import sys
 import threading
 import time
 
-POLL_SECONDS = 0.05  # how often a holder checks that its file is still at the path
-SETTLE_SECONDS = 0.5  # how long a newcomer waits for a holder to reclaim the path
+POLL_SECONDS = 0.04  # how often a holder checks that its file is still at the path
+SETTLE_SECONDS = 0.2  # how long a newcomer waits for a holder to reclaim the path
 
 
 class LockedError(RuntimeError):

@@ -309,7 +309,8 @@ def _manual_dir(path, broken=None):
 POSITIVE_SIZES = ("num_train", "batch_size", "epochs", "num_test", "num_validation")
 SIZES = POSITIVE_SIZES + ("num_steps",)  # 0 steps is valid: a closed-form model
 RATES = ("learning_rate",)
-ZERO_MEANS_ALL = {"classify": ("num_train", "num_test")}  # 0: the whole split
+ZERO_MEANS_ALL = {"classify": ("num_train", "num_test"),  # 0: the whole split
+                  "image_density": ("num_train", "num_test")}
 
 
 # The unit whose fields a case sets, where an entry point has several: one that

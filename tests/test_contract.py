@@ -278,3 +278,39 @@ def test_load_density_on_a_workdir_without_densities_says_what_it_holds(tmp_path
   (tmp_path / "results.json").write_text("{garbage")
   with pytest.raises(UsageError, match="cannot read"):
     genmodels.load_density(str(tmp_path))
+
+
+def test_the_readme_add_a_model_example_trains_and_reports(tmp_path):
+  """The README's "Add a model" code, as written there, registers and trains."""
+  readme = open(os.path.join(REPO, "README.md")).read()
+  start = readme.index("# genmodels/models/laplace.py")
+  code = readme[start:readme.index("```", start)]
+  namespace = {}
+  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  card = namespace["LAPLACE"]
+  models.register(card)
+  try:
+    config = density_config.smoke()
+    config.model = "laplace"
+    config.models.laplace.train.num_steps = 20
+    from genmodels import density  # pylint: disable=g-import-not-at-top
+    density.check(config)
+    results = experiment.run(density, config, str(tmp_path),
+                             experiment.Options(progress=False, figures=False))
+    row = results["models"]["laplace"]
+    assert 0 < row["kl_to_truth"] < 5 and row["num_params"] == 4
+  finally:
+    models.unregister("laplace")
+
+
+def test_a_garbage_config_json_is_called_unreadable_not_different(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text("{garbage")
+  before = _tree(workdir)
+  out = _run(DENSITY + ["--model=gmm", f"--workdir={workdir}"])
+  assert out.returncode == 2
+  line = out.stderr.strip()
+  assert "unreadable" in line and "restore the file to resume" in line, line
+  assert "different config" not in line
+  assert _tree(workdir) == before

@@ -31,6 +31,10 @@ import time
 
 import pytest
 
+# Real processes, signals and timeouts (~100 s of CPU): outside the default
+# suite, run by .ci/run with -m slow.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 DENSITY = [PY, "experiments/density_mle.py", "--config=genmodels/density/config.py:smoke",

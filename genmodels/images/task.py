@@ -49,6 +49,9 @@ def check(config) -> None:
   for key in ("num_train", "num_validation", "num_test"):
     if not isinstance(config[key], int) or config[key] < 0:
       raise UsageError(f"{key} must be a whole number >= 0, got {config[key]!r}")
+  if config.num_validation < 1:
+    raise UsageError(f"num_validation must be a positive number of held-out training "
+                     f"images (the validation row), got {config.num_validation}")
   if config.dataset == "synthetic" and not (config.num_train and config.num_test):
     raise UsageError("dataset='synthetic' needs num_train > 0 and num_test > 0")
   if config.dataset == "fashion_mnist_offline":
