@@ -9,6 +9,7 @@ Refusals are ``UsageError``s naming the problem and the fix.
 import json
 import os
 import shutil
+import tempfile
 
 from genmodels import locking
 from genmodels.errors import UsageError
@@ -87,6 +88,22 @@ def _read_config(path: str):
         f"--overwrite to delete the run and start again") from None
 
 
+def _check_creatable(workdir: str) -> None:
+  """A new workdir can be made: its nearest existing ancestor is a writable folder
+  (tried with a temporary folder there, removed at once; the workdir is not made)."""
+  parent = os.path.dirname(workdir)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UsageError(f"--workdir {workdir} is under {parent}, which is a file, not a "
+                     f"folder: choose another --workdir")
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".genmodels-probe-", dir=parent))
+  except OSError as e:
+    raise UsageError(f"cannot write to workdir {workdir} ({e.strerror or e}): "
+                     f"choose a writable --workdir") from None
+
+
 def check_workdir(workdir: str, config: dict, overwrite: bool = False) -> str:
   """Every check of ``workdir`` against ``config`` that changes nothing on disk.
 
@@ -100,6 +117,8 @@ def check_workdir(workdir: str, config: dict, overwrite: bool = False) -> str:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UsageError(f"--workdir {workdir} is a file, not a folder: choose "
                      f"another --workdir")
+  if not os.path.exists(workdir):
+    _check_creatable(workdir)
   config = as_json(config)
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path) and not overwrite:

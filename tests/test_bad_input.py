@@ -250,15 +250,16 @@ def drivers():
       driver.close()
 
 
-_CONFIG_FILES = {"density_mle": "genmodels/density/config.py",
-                 "classify": "genmodels/classify/config.py",
-                 "latent_space": "genmodels/latent/config.py",
-                 "nonlinearity": "genmodels/nonlinearity/config.py"}
+def _config_file(name):
+  """The config file an entry point imports (``from genmodels.X import config``)."""
+  found = re.search(r"from genmodels\.(\w+) import config\b",
+                    pathlib.Path(_entry_path(name)).read_text())
+  return f"genmodels/{found.group(1)}/config.py" if found else None
 
 
 def _smoke_config(name):
   """``--config`` value of the entry point's tiny variant, if it has one."""
-  rel = _CONFIG_FILES.get(name)
+  rel = _config_file(name)
   path = os.path.join(REPO, rel) if rel else ""
   if os.path.exists(path) and '"smoke"' in open(path).read():
     return f"{rel}:smoke"

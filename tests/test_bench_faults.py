@@ -15,6 +15,10 @@ import pytest
 from genmodels.bench import report
 from genmodels.bench import spec
 
+# Real processes and damaged files (a minute or more of CPU): outside the
+# default suite, run by .ci/run with -m slow.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = os.path.join(REPO, "experiments", "benchmark.py")
 OLD = {"t.json": b'{"tag": "t", "cases": ["the committed results"]}\n',

@@ -29,6 +29,10 @@ from genmodels.training import checkpoint as checkpoint_lib
 from genmodels.training import experiment
 from genmodels.training import metrics as metrics_lib
 
+# Real processes and damaged files (a minute or more of CPU): outside the
+# default suite, run by .ci/run with -m slow.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40  # the smoke unit: a checkpoint every 20 steps, a record every 10
 

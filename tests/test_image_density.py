@@ -265,6 +265,7 @@ def test_check_refuses_bad_fields():
     task_lib.check(c)
   c = images_config.get_config("")
   c.num_train = 59_000
+  c.manual_dir = ""  # the size check, with or without the Debian files
   with pytest.raises(UsageError, match="exceed"):
     task_lib.check(c)
 

@@ -9,6 +9,7 @@ Scoring (bits per dimension) is ``report.score``.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import jax
@@ -52,6 +53,11 @@ def check(config) -> None:
   if config.num_validation < 1:
     raise UsageError(f"num_validation must be a positive number of held-out training "
                      f"images (the validation row), got {config.num_validation}")
+  if config.manual_dir and not os.path.isdir(config.manual_dir) and (
+      config.dataset == "fashion_mnist_offline"
+      or config.manual_dir != data_lib.FASHION_MNIST_DIR):  # named by the user
+    raise UsageError(f"manual_dir {config.manual_dir} is not a folder: pass the folder "
+                     f"with the 4 Fashion-MNIST *-ubyte.gz files")
   if config.dataset == "synthetic" and not (config.num_train and config.num_test):
     raise UsageError("dataset='synthetic' needs num_train > 0 and num_test > 0")
   if config.dataset == "fashion_mnist_offline":
