@@ -47,6 +47,7 @@ SETTINGS = {"book": (16, 4), "full": (28, 256)}  # name: (image size S, levels K
 DATASETS = ("fashion_mnist_offline", "synthetic")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 TEST_SPLIT_SIZE = 10_000  # Fashion-MNIST's test split
+NUM_SYNTHETIC_CLASSES = 3  # 1, 2 or 3 blobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,16 @@ class DiscreteImages:
   test: np.ndarray
   num_levels: int
   dataset: str
+  # Class labels, int64 [N] per split (Fashion-MNIST's 10 classes; for the
+  # synthetic blobs, the number of blobs less one): the sample yardstick's
+  # classifier trains on them. No model sees them.
+  train_labels: np.ndarray | None = None
+  validation_labels: np.ndarray | None = None
+  test_labels: np.ndarray | None = None
+
+  @property
+  def num_classes(self) -> int:
+    return 10 if self.dataset == "fashion_mnist_offline" else NUM_SYNTHETIC_CLASSES
 
   @property
   def shape(self) -> tuple[int, int, int]:
@@ -125,9 +136,10 @@ def discretise(images: np.ndarray, image_size: int, num_levels: int,
   return out
 
 
-def synthetic_images(rng: np.random.Generator, n: int) -> np.ndarray:
+def synthetic_images(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
   """n uint8 [28, 28, 1] images: 1 to 3 Gaussian blobs (random centre, width,
-  brightness) on black, the brightest clipped to 255."""
+  brightness) on black, the brightest clipped to 255; and their labels, the
+  number of blobs less one (int64 [n])."""
   yy, xx = np.mgrid[0:SOURCE_SIZE, 0:SOURCE_SIZE].astype(np.float64)
   count = rng.integers(1, 4, size=n)
   img = np.zeros((n, SOURCE_SIZE, SOURCE_SIZE))
@@ -137,7 +149,8 @@ def synthetic_images(rng: np.random.Generator, n: int) -> np.ndarray:
     bright = rng.uniform(120, 300, size=n) * (b < count)
     d2 = (yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2
     img += bright[:, None, None] * np.exp(-0.5 * d2 / width[:, None, None] ** 2)
-  return np.clip(np.rint(img), 0, 255).astype(np.uint8)[..., None]
+  return (np.clip(np.rint(img), 0, 255).astype(np.uint8)[..., None],
+          (count - 1).astype(np.int64))
 
 
 def _split_sizes(config, available_train: int, available_test: int):
@@ -155,16 +168,18 @@ def _split_sizes(config, available_train: int, available_test: int):
   return num_train, num_val, num_test
 
 
-def load_raw(config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The 28x28 uint8 (train, validation, test) images ``config`` asks for."""
+def load_raw(config) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+  """The 28x28 uint8 (images, labels) of train, validation and test that
+  ``config`` asks for."""
   if config.dataset == "synthetic":
     if not (config.num_train > 0 and config.num_test > 0):
       raise UsageError("dataset='synthetic' needs num_train > 0 and num_test > 0 "
                        "(there is no split to take whole)")
     rng = np.random.default_rng([int(config.seed), 0x1A6E])
     n_tr, n_val, n_te = int(config.num_train), int(config.num_validation), int(config.num_test)
-    pool = synthetic_images(rng, n_tr + n_val + n_te)
-    return pool[:n_tr], pool[n_tr:n_tr + n_val], pool[n_tr + n_val:]
+    pool, labels = synthetic_images(rng, n_tr + n_val + n_te)
+    cuts = [(0, n_tr), (n_tr, n_tr + n_val), (n_tr + n_val, len(pool))]
+    return tuple((pool[a:b], labels[a:b]) for a, b in cuts)
   if config.dataset != "fashion_mnist_offline":
     raise UsageError(f"unknown dataset {config.dataset!r}; valid: {', '.join(DATASETS)}")
   # Imported here: it imports tfds (seconds), which the synthetic data never need.
@@ -178,15 +193,18 @@ def load_raw(config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   num_train, num_val, num_test = _split_sizes(config, 60_000, TEST_SPLIT_SIZE)
   # The IDX files directly (1 s), not through the tfds builder of
   # ``load_image_dataset``, which would first write an array_record copy.
-  train, _ = images_lib.read_fashion_mnist(manual_dir, "train")
-  test, _ = images_lib.read_fashion_mnist(manual_dir, "t10k")
+  train, train_y = images_lib.read_fashion_mnist(manual_dir, "train")
+  test, test_y = images_lib.read_fashion_mnist(manual_dir, "t10k")
   # Validation: the num_val training images after the first num_train.
-  return train[:num_train], train[num_train:num_train + num_val], test[:num_test]
+  val = slice(num_train, num_train + num_val)
+  return ((train[:num_train], train_y[:num_train]), (train[val], train_y[val]),
+          (test[:num_test], test_y[:num_test]))
 
 
 def load(config) -> DiscreteImages:
   """The discretised splits of ``config`` (dataset, sizes, image_size, num_levels)."""
-  train, val, test = load_raw(config)
+  (train, train_y), (val, val_y), (test, test_y) = load_raw(config)
   s, k = int(config.image_size), int(config.num_levels)
   return DiscreteImages(discretise(train, s, k), discretise(val, s, k),
-                        discretise(test, s, k), k, config.dataset)
+                        discretise(test, s, k), k, config.dataset,
+                        train_y, val_y, test_y)

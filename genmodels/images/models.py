@@ -242,9 +242,18 @@ def card(name: str) -> base.ModelCard:
   return IMAGE_CARDS[name]
 
 
-def get_model(name: str, num_levels: int, **fields_) -> base.DensityModel:
-  """The module of image model ``name`` over ``num_levels`` grey levels."""
+def get_model(name: str, num_levels: int, image_shape: tuple[int, int, int] | None = None,
+              **fields_) -> base.DensityModel:
+  """The module of image model ``name`` over ``num_levels`` grey levels.
+
+  ``image_shape`` (H, W, C) is set on the models whose card lists it in
+  ``fixed`` (a network that samples needs the shape; the per-pixel tables
+  take it from the data they start from)."""
   c = card(name)
+  if "image_shape" in c.fixed:
+    if image_shape is None:
+      raise UsageError(f"image model {name!r} needs image_shape=(H, W, C)")
+    fields_["image_shape"] = tuple(int(d) for d in image_shape)
   try:
     return c.make(num_levels=num_levels, **fields_)
   except TypeError as e:  # an unknown attribute: name the valid ones

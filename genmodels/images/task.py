@@ -70,9 +70,9 @@ def check(config) -> None:
     check_model(name, config.models[name].model.to_dict(), size, levels)
 
 
-def build(name: str, fields: dict, num_levels: int):
-  fields = {k: v for k, v in fields.items() if k != "num_levels"}
-  return models.get_model(name, num_levels, **fields)
+def build(name: str, fields: dict, num_levels: int, image_shape: tuple[int, int, int]):
+  fields = {k: v for k, v in fields.items() if k not in ("num_levels", "image_shape")}
+  return models.get_model(name, num_levels, image_shape, **fields)
 
 
 def check_model(name: str, fields: dict, image_size: int, num_levels: int) -> None:
@@ -88,7 +88,7 @@ def check_model(name: str, fields: dict, image_size: int, num_levels: int) -> No
     jax.eval_shape(lambda p: model.apply(p, key, 8, method="sample"), params)
 
   experiment.check_model(f"config.models.{name}.model",
-                         lambda: build(name, fields, num_levels), trace)
+                         lambda: build(name, fields, num_levels, x.shape[1:]), trace)
 
 
 def unit_configs(config) -> dict:
@@ -103,7 +103,7 @@ def make_task(name: str, cfg, data: data_lib.DiscreteImages, seed: int,
               options: experiment.Options = experiment.Options(),
               num_figure_samples: int = 64) -> experiment.Task:
   """Model ``name`` fitted by maximum likelihood, scored by ``report.score``."""
-  model = build(name, cfg.model.to_dict(), data.num_levels)
+  model = build(name, cfg.model.to_dict(), data.num_levels, data.shape)
   init = jax.jit(functools.partial(base.init_variables, model))
   train_x = jnp.asarray(data.train)
   eval_data = {"test": {"x": data.test}}
