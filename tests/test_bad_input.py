@@ -599,18 +599,22 @@ def _smoke_config_for(flag_info):
   return f"{rel}:smoke" if os.path.exists(full) and '"smoke"' in open(full).read() else None
 
 
-NUM_RANDOM = 25
+# Random command lines per entry point: a few in the default suite, many more
+# (other draws) in the slow tier that .ci/run runs after it.
+NUM_RANDOM = {"default": 8, "slow": 25}
 
 
+@pytest.mark.parametrize("tier", ["default", pytest.param("slow", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_random_flags_never_show_a_traceback(drivers, entry, tmp_path):
+def test_random_flags_never_show_a_traceback(drivers, entry, tier, tmp_path):
   driver, flag_info, config_keys, _ = drivers(entry)
   seed = int(os.environ.get("GENMODELS_FUZZ_SEED", "20261128"))
-  rng = random.Random(f"{seed}-{entry}")
+  rng = random.Random(f"{seed}-{entry}-{tier}")
+  num_random = NUM_RANDOM[tier]
   (tmp_path / "afile").write_text("a file")
   cases = [{"id": str(i), "argv": _random_argv(rng, flag_info, config_keys, tmp_path, i),
             "entry": _entry_path(entry), "fake_data": True, "timeout": 120}
-           for i in range(NUM_RANDOM)]
+           for i in range(num_random)]
   results = driver.run(cases)
   failures = []
   for case in cases:
@@ -625,7 +629,7 @@ def test_random_flags_never_show_a_traceback(drivers, entry, tmp_path):
       failures.append(f"{case['argv']}: {e} :: {(result.get('stderr') or '')[-2000:]}")
   assert not failures, "\n\n".join(failures)
   codes = [results[c["id"]]["code"] for c in cases]
-  assert codes.count(2) >= NUM_RANDOM // 4  # the fuzzing does reach the checks
+  assert codes.count(2) >= num_random // 4  # the fuzzing does reach the checks
 
 
 # ---------------------------------------------- real processes, end to end

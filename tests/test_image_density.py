@@ -34,6 +34,7 @@ from scipy import special
 from genmodels.errors import UsageError
 from genmodels.images import config as images_config
 from genmodels.images import data as data_lib
+from genmodels.images import cards
 from genmodels.images import models
 from genmodels.images import report
 from genmodels.images import task as task_lib
@@ -44,6 +45,9 @@ ALL_2x2 = np.array(list(itertools.product(range(K), repeat=4)), np.int32).reshap
 
 
 MIXTURE_FIELDS = {"num_components": 5}
+# The per-pixel table models (closed-form marginals); the deep models have
+# their own test files (test_pixelcnn.py, test_image_flow.py, test_image_vae.py).
+TABLE_MODELS = ("independent_pixels", "pixel_mixture")
 NUM_SAMPLES = 20_000
 
 
@@ -58,7 +62,7 @@ def _fields(name):
 @functools.lru_cache(maxsize=None)
 def _init(name, n=50):
   """(model, params initialised from n tiny training images), one compile."""
-  model = models.get_model(name, K, **_fields(name))
+  model = cards.get_model(name, K, **_fields(name))
   init = jax.jit(lambda k, x: model.init(k, x, method="log_prob"))
   return model, init(jax.random.key(0), jnp.asarray(_tiny_data(n)))["params"]
 
@@ -136,7 +140,7 @@ def e2e():
 
 # ------------------------------------------------------------- likelihoods
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", TABLE_MODELS)
 def test_mass_sums_to_one_over_every_2x2_image(name):
   _, _, out = _at_random_params(name)
   lp = out["lp"].astype(np.float64)
@@ -176,7 +180,7 @@ def test_mixture_log_prob_is_numpy_logsumexp():
   assert model.num_free_params(params) == (m - 1) + m * 4 * (K - 1)
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", TABLE_MODELS)
 def test_samples_match_shape_and_marginals(name):
   _, _, out = _at_random_params(name)
   s, marginals = out["samples"], out["marginals"]  # marginals [2, 2, 1, K]
@@ -278,7 +282,7 @@ def test_smoke_run_end_to_end(e2e):
   assert results["likelihood"] == "exact (discrete; no dequantization)"
   assert results["num_dims"] == 16 and results["num_test"] == 256
   rows = results["models"]
-  assert set(rows) == set(models.names())
+  assert set(rows) == set(cards.names())
   for r in rows.values():
     assert 0 < r["test_bpd"] < results["uniform_bpd"]
     assert r["test_bpd_se"] > 0 and r["zero_mass_test_images"] == 0
@@ -296,7 +300,7 @@ def test_smoke_run_end_to_end(e2e):
                              rtol=1e-4)
   report_md = (workdir / "report.md").read_text()
   assert "exact (discrete; no dequantization)" in report_md
-  for name in models.names():
+  for name in cards.names():
     assert (workdir / "figures" / f"{name}_samples.png").stat().st_size > 0
     assert f"figures/{name}_samples.png" in report_md
   assert (workdir / "figures" / "data.png").exists()

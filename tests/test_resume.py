@@ -341,9 +341,13 @@ def start_early(items):
     _density_scenario()
 
 
-@pytest.mark.parametrize("sig,model", [(signal.SIGKILL, MODEL), (signal.SIGTERM, "vae"),
-                                       (signal.SIGKILL, "gan")],
-                         ids=["sigkill-gmm", "sigterm-vae", "sigkill-gan"])
+# The mixture runs in the default suite; the VAE and GAN cases (each a minute
+# of real processes on 2 cores) in the slow tier, which .ci/run also runs.
+@pytest.mark.parametrize("sig,model", [
+    (signal.SIGKILL, MODEL),
+    pytest.param(signal.SIGTERM, "vae", marks=pytest.mark.slow),
+    pytest.param(signal.SIGKILL, "gan", marks=pytest.mark.slow)],
+    ids=["sigkill-gmm", "sigterm-vae", "sigkill-gan"])
 def test_density_mle_stopped_mid_run_then_resume_equals_uninterrupted(sig, model):
   """kill -9 (last checkpoint) or SIGTERM (checkpoint at the next step), then
   resume: a mixture, the VAE (its own training loss and rng per step), and the

@@ -3,7 +3,7 @@
 The package is the experiment bundle that ``training.experiment.run`` runs
 (``experiments/image_density.py``): Fashion-MNIST (or synthetic blobs)
 discretised to K grey levels, discrete image models with exact likelihoods
-(``models.IMAGE_CARDS``), scored in exact bits per dimension.
+(``cards.IMAGE_CARDS``), scored in exact bits per dimension.
 """
 
 from genmodels.images.report import summarize, table

@@ -23,8 +23,8 @@ model's unit (its ``model`` fields, ``train`` and ``optimizer`` blocks).
 
 import ml_collections
 
+from genmodels.images import cards
 from genmodels.images import data as data_lib
-from genmodels.images import models
 from genmodels.models import base as models_base
 from genmodels.training import experiment
 
@@ -41,7 +41,7 @@ def base() -> ml_collections.ConfigDict:
   c.num_test = 0  # the whole test split: 10,000
   c.model = "all"
   c.num_figure_samples = 64
-  c.models = models_base.default_units(models.IMAGE_CARDS)
+  c.models = models_base.default_units(cards.IMAGE_CARDS)
   return c
 
 
@@ -64,7 +64,7 @@ def smoke() -> ml_collections.ConfigDict:
     if u.train.num_steps:
       u.train.update(num_steps=40, batch_size=128, log_every=10, checkpoint_every=40)
       u.optimizer.warmup_steps = 5
-    card = models.card(name)
+    card = cards.card(name)
     if card.smoke is not None:
       card.smoke(u)
   return c

@@ -15,9 +15,9 @@ takes its bounds from its training points.
 * ``PixelMixture``: a mixture of M independent-pixel components, fit by
   gradient MLE (log p(x) = logsumexp_m [log w_m + sum_pixels log p_m(x_pixel)]).
 
-Cards for them are in ``IMAGE_CARDS`` (the image experiment's own registry:
-the world map's is ``genmodels.models``); a later model (PixelCNN, a flow on
-dequantised pixels, a VAE with a discrete decoder) adds one card here.
+Their cards are registered in ``genmodels/images/cards.py`` (the image
+experiment's own registry; the world map's is ``genmodels.models``), one line
+per model, with the deep models of their own modules.
 """
 
 from __future__ import annotations
@@ -226,36 +226,3 @@ PIXEL_MIXTURE = base.ModelCard(
     "mixture of independent pixels",
     unit=lambda: image_unit(num_steps=3000, learning_rate=1e-2, num_components=32),
     smoke=_shrink_mixture, fixed=("num_levels",), groups=("images",))
-
-# The image experiment's models by name, in the order it runs them.
-IMAGE_CARDS: dict[str, base.ModelCard] = {
-    c.name: c for c in (INDEPENDENT_PIXELS, PIXEL_MIXTURE)}
-
-
-def names() -> list[str]:
-  return list(IMAGE_CARDS)
-
-
-def card(name: str) -> base.ModelCard:
-  if name not in IMAGE_CARDS:
-    raise UsageError(f"unknown image model {name!r}; valid: {', '.join(IMAGE_CARDS)}")
-  return IMAGE_CARDS[name]
-
-
-def get_model(name: str, num_levels: int, image_shape: tuple[int, int, int] | None = None,
-              **fields_) -> base.DensityModel:
-  """The module of image model ``name`` over ``num_levels`` grey levels.
-
-  ``image_shape`` (H, W, C) is set on the models whose card lists it in
-  ``fixed`` (a network that samples needs the shape; the per-pixel tables
-  take it from the data they start from)."""
-  c = card(name)
-  if "image_shape" in c.fixed:
-    if image_shape is None:
-      raise UsageError(f"image model {name!r} needs image_shape=(H, W, C)")
-    fields_["image_shape"] = tuple(int(d) for d in image_shape)
-  try:
-    return c.make(num_levels=num_levels, **fields_)
-  except TypeError as e:  # an unknown attribute: name the valid ones
-    raise UsageError(f"image model {name!r}: {e}; its fields: "
-                     f"{', '.join(c.default_fields()) or '(none)'}") from None

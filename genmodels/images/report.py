@@ -15,8 +15,8 @@ import os
 import jax
 import numpy as np
 
+from genmodels.images import cards
 from genmodels.images import data as data_lib
-from genmodels.images import models
 from genmodels.training import experiment
 from genmodels.training import preemption
 from genmodels.training import provenance
@@ -123,7 +123,7 @@ def image_grid(images: np.ndarray, num_levels: int, path: str, title: str = "",
 def figures(name, model, result, data, workdir, key, num_samples: int) -> list[str]:
   """figures/NAME_samples.png (a grid of samples) and, if trained, the NLL curve."""
   fig_dir = os.path.join(workdir, "figures")
-  card = models.card(name)
+  card = cards.card(name)
   sample = jax.jit(lambda p, k: model.apply({"params": p}, k, num_samples,
                                             method="sample"))
   samples = np.asarray(sample(result.state.params, key))
@@ -169,7 +169,7 @@ def format_table(results: dict) -> str:
            "| validation bits/dim | train bits/dim | likelihood | train s |",
            "|---|---|---:|---:|---:|---:|---:|---|---:|"]
   for name, r in results["models"].items():
-    card = models.card(name)
+    card = cards.card(name)
     lines.append(
         f"| {card.branch} | {card.display} (`{name}`) | {r['num_params']:,} | "
         f"{r['test_bpd']:.4f} ± {r['test_bpd_se']:.4f} | "
@@ -215,7 +215,7 @@ def write_report(workdir: str, results: dict, rows: dict, run: dict) -> str:
            f"Run: {provenance.describe(run)}.", "",
            "![test images](figures/data.png)", ""]
   for name, r in rows.items():
-    card = models.card(name)
+    card = cards.card(name)
     lines += [f"## {card.display} (`{name}`): {card.branch} density, "
               f"{card.family_label}", ""]
     lines += [f"![{p}]({p})" for p in r.get("figures", [])] + [""]

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from genmodels.density.task import density_eval, density_loss
 from genmodels.errors import UsageError
+from genmodels.images import cards
 from genmodels.images import data as data_lib
-from genmodels.images import models
 from genmodels.images import report
 from genmodels.models import base
 from genmodels.training import experiment
@@ -26,8 +26,8 @@ from genmodels.training import experiment
 
 def model_names(config) -> list[str]:
   """The models ``config.model`` asks for: "all" or comma-separated names, each once."""
-  return base.select(config.model, models.IMAGE_CARDS, config.models,
-                     {"all": models.names()})
+  return base.select(config.model, cards.IMAGE_CARDS, config.models,
+                     {"all": cards.names()})
 
 
 def num_examples(config) -> int:
@@ -72,7 +72,7 @@ def check(config) -> None:
 
 def build(name: str, fields: dict, num_levels: int, image_shape: tuple[int, int, int]):
   fields = {k: v for k, v in fields.items() if k not in ("num_levels", "image_shape")}
-  return models.get_model(name, num_levels, image_shape, **fields)
+  return cards.get_model(name, num_levels, image_shape, **fields)
 
 
 def check_model(name: str, fields: dict, image_size: int, num_levels: int) -> None:
