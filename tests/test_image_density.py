@@ -304,3 +304,33 @@ def test_smoke_run_end_to_end(e2e):
     assert (workdir / "figures" / f"{name}_samples.png").stat().st_size > 0
     assert f"figures/{name}_samples.png" in report_md
   assert (workdir / "figures" / "data.png").exists()
+
+
+def test_load_density_scores_and_samples_images_with_clear_errors(e2e):
+  """genmodels.load_density on an image workdir: the best model by validation
+  bits/dim, its log_prob the run's test NLL, samples of the data's shape and
+  dtype; a wrong shape, a value outside the levels or a huge n is one line."""
+  import genmodels  # pylint: disable=g-import-not-at-top
+  workdir, _ = e2e
+  results = json.loads((workdir / "results.json").read_text())
+  rows = results["models"]
+  best = min(rows, key=lambda n: rows[n]["validation_bpd"])
+  data = data_lib.load(images_config.get_config("smoke"))
+  for name in (None, "independent_pixels"):
+    trained = genmodels.load_density(str(workdir), name)
+    assert trained.name == (name or best)
+    lp = trained.log_prob(data.test)
+    np.testing.assert_allclose(-np.mean(lp), rows[trained.name]["test_nll_nats"], rtol=1e-5)
+    np.testing.assert_allclose(trained.log_prob(data.test[3]), lp[3], rtol=1e-6)
+    assert trained.likelihood == rows[trained.name]["likelihood"]
+    s = trained.sample(jax.random.key(0), 5)
+    assert s.shape == (5, *data.shape) and s.dtype == np.uint8
+    assert s.max() < data.num_levels
+  for bad, words in [(data.test[:, :3], "shape"), (data.test[..., 0], "shape"),
+                     (data.test.astype(np.int32) + K, "grey levels"),
+                     (data.test.astype(np.float32) + 0.5, "grey levels")]:
+    with pytest.raises(UsageError, match=words):
+      trained.log_prob(bad)
+  for n in (0, 10**9, 2.5, True):
+    with pytest.raises(UsageError, match="n must be"):
+      trained.sample(jax.random.key(0), n)

@@ -20,6 +20,7 @@ from genmodels.errors import UsageError
 from genmodels.images import cards
 from genmodels.images import data as data_lib
 from genmodels.images import report
+from genmodels.images import trained
 from genmodels.models import base
 from genmodels.training import experiment
 
@@ -111,6 +112,8 @@ def make_task(name: str, cfg, data: data_lib.DiscreteImages, seed: int,
     eval_data = {"validation": {"x": data.validation}, **eval_data}
 
   def report_row(result, workdir):
+    trained.save(os.path.join(workdir, "models", name), name, cfg.model.to_dict(),
+                 data.num_levels, data.shape, result.state.params)
     row = report.score(name, model, result.state.params, data, result)
     row["num_steps"] = int(cfg.train.num_steps)
     if options.figures:
