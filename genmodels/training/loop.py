@@ -323,7 +323,9 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
     if eval_step is None or not eval_data:
       return
     t = time.perf_counter()
-    trained_seconds = trained_so_far()
+    # A checkpointed step's recorded seconds where there is one: a re-run of a
+    # finished run rewrites the same records.
+    trained_seconds = seconds_at.get(step, trained_so_far())
     results = {}
     variables = state.variables if eval_prepare is None else eval_prepare(state.variables)
     final = step == config.num_steps
@@ -332,7 +334,9 @@ def train(*, init_fn: Callable[[jax.Array], dict], loss_fn: steps_lib.LossFn,
           eval_step, variables, split_data, config.eval_batch_size, mesh,
           phase=(f"evaluating the {split} split at the end of training" if final
                  else f"evaluating the {split} split at step {step}"))
-      writer.write(step, split, results[split])
+      # With the training seconds so far (evaluations excluded): the
+      # held-out score against wall time, for the image report's curves.
+      writer.write(step, split, {**results[split], "train_seconds": trained_seconds})
     eval_seconds += time.perf_counter() - t
     if on_eval is not None:
       on_eval(step, results, trained_seconds)
