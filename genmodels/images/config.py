@@ -25,6 +25,7 @@ import ml_collections
 
 from genmodels.images import cards
 from genmodels.images import data as data_lib
+from genmodels.images import yardstick
 from genmodels.models import base as models_base
 from genmodels.training import experiment
 
@@ -41,6 +42,12 @@ def base() -> ml_collections.ConfigDict:
   c.num_test = 0  # the whole test split: 10,000
   c.model = "all"
   c.num_figure_samples = 64
+  # The sample yardstick: N samples per model against N training images (and
+  # the test split's floor at the same N), in the features of a classifier
+  # trained for ``yardstick_steps`` with the seed and cached in the workdir.
+  # 0: no sample metrics.
+  c.num_metric_samples = 1000
+  c.yardstick_steps = yardstick.TRAIN_STEPS
   c.models = models_base.default_units(cards.IMAGE_CARDS)
   return c
 
@@ -60,6 +67,7 @@ def smoke() -> ml_collections.ConfigDict:
   # Validation as large as test: the evaluations compile once for both.
   c.num_train, c.num_validation, c.num_test = 512, 256, 256
   c.num_figure_samples = 16
+  c.num_metric_samples, c.yardstick_steps = 128, 50
   for name, u in c.models.items():
     if u.train.num_steps:
       u.train.update(num_steps=40, batch_size=128, log_every=10, checkpoint_every=40)

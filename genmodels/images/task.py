@@ -65,8 +65,14 @@ def check(config) -> None:
     data_lib._split_sizes(config, 60_000, data_lib.TEST_SPLIT_SIZE)  # pylint: disable=protected-access
   # Each image at its peak: the 28x28 uint8 source and its int64 resize sums.
   each = 784 + 8 * size * size + size * size
-  experiment.check_sizes({"num_train": (num_examples(config), each),
-                          "num_figure_samples": (int(config.num_figure_samples), 0)})
+  for key in ("num_figure_samples", "num_metric_samples", "yardstick_steps"):
+    if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 0:
+      raise UsageError(f"{key} must be a whole number >= 0, got {config[key]!r}")
+  sizes = {"num_train": (num_examples(config), each),
+           "num_figure_samples": (int(config.num_figure_samples), 0)}
+  if config.num_metric_samples:  # 0: no sample yardstick
+    sizes["num_metric_samples"] = (int(config.num_metric_samples), 0)
+  experiment.check_sizes(sizes)
   for name in model_names(config):
     check_model(name, config.models[name].model.to_dict(), size, levels)
 
@@ -100,25 +106,36 @@ def load_data(config) -> data_lib.DiscreteImages:
   return data_lib.load(config)
 
 
-def make_task(name: str, cfg, data: data_lib.DiscreteImages, seed: int,
-              options: experiment.Options = experiment.Options(),
-              num_figure_samples: int = 64) -> experiment.Task:
-  """Model ``name`` fitted by maximum likelihood, scored by ``report.score``."""
+def make_task(name: str, cfg, data: data_lib.DiscreteImages, config,
+              options: experiment.Options = experiment.Options()) -> experiment.Task:
+  """Model ``name`` fitted by maximum likelihood (or its own loss), scored by
+  ``report.score``: bits/dim and the sample yardstick."""
   model = build(name, cfg.model.to_dict(), data.num_levels, data.shape)
   init = jax.jit(functools.partial(base.init_variables, model))
   train_x = jnp.asarray(data.train)
   eval_data = {"test": {"x": data.test}}
   if len(data.validation):
     eval_data = {"validation": {"x": data.validation}, **eval_data}
+  seed, num_metric = int(config.seed), int(config.num_metric_samples)
 
   def report_row(result, workdir):
+    params = result.state.params
     trained.save(os.path.join(workdir, "models", name), name, cfg.model.to_dict(),
-                 data.num_levels, data.shape, result.state.params)
-    row = report.score(name, model, result.state.params, data, result)
+                 data.num_levels, data.shape, params)
+    parts = samples = None
+    num_figure = int(config.num_figure_samples) if options.figures else 0
+    if num_metric:
+      parts = report.sample_yardstick(data, workdir, num_metric, seed,
+                                      int(config.yardstick_steps))
+    num_draw = max(parts[2]["num_samples"] if parts else 0, num_figure)
+    if num_draw:
+      samples = report.draw(model, params, jax.random.key(seed + 1), num_draw)
+    row = report.score(name, model, params, data, result,
+                       samples[:parts[2]["num_samples"]] if parts else None, parts)
     row["num_steps"] = int(cfg.train.num_steps)
     if options.figures:
-      row["figures"] = report.figures(name, model, result, data, workdir,
-                                      jax.random.key(seed + 1), num_figure_samples)
+      row["figures"] = report.figures(name, model, params, result, data, workdir,
+                                      samples[:num_figure])
     return row
 
   return experiment.Task(
@@ -134,5 +151,4 @@ def make_task(name: str, cfg, data: data_lib.DiscreteImages, seed: int,
 def tasks(config, data, options: experiment.Options):
   for name in model_names(config):
     print(f"== {name}", flush=True, file=sys.stderr)
-    yield make_task(name, config.models[name], data, config.seed, options,
-                    int(config.num_figure_samples))
+    yield make_task(name, config.models[name], data, config, options)
