@@ -380,3 +380,26 @@ def test_classify_sigkill_mid_run_then_resume_equals_uninterrupted():
     assert _without_timing(got) == _without_timing(want)
   finally:
     scenario.stop()
+
+
+@pytest.mark.slow
+def test_image_pixelcnn_sigkill_mid_run_then_resume_equals_uninterrupted():
+  """An image model (the PixelCNN on the synthetic smoke images), killed with
+  kill -9 after its second checkpoint: resumed, its train state, metrics and
+  results row (bits/dim and the sample yardstick) equal the uninterrupted run's."""
+  name, steps, every = "pixelcnn", 60, 10
+  scenario = KillScenario(
+      "image_density.py",
+      ["--config=genmodels/images/config.py:smoke", f"--model={name}", "--progress=false",
+       "--figures=false", f"--config.models.{name}.train.num_steps={steps}",
+       f"--config.models.{name}.train.checkpoint_every={every}",
+       f"--config.models.{name}.train.log_every={every}",
+       f"--config.models.{name}.train.steps_per_dispatch=1"],
+      f"models/{name}/checkpoints", kill_after=2 * every, final_step=steps)
+  try:
+    got, want, metrics = scenario.finish()
+    assert [r["step"] for r in metrics if r["split"] == "train"] == list(
+        range(every, steps + 1, every))
+    assert _without_timing(got["models"][name]) == _without_timing(want["models"][name])
+  finally:
+    scenario.stop()

@@ -189,6 +189,8 @@ class RealNVPImage(base.DensityModel):
   init_batch: int = 256  # training images the actnorm start sees
 
   log_prob_is_bound = True
+  bound_note = ("uniform-dequantization (Jensen) lower bound on the discrete mass: "
+                "E_u log p((x + u) / K) - D log K, num_dequant_samples draws")
   trains_by_nll = False
 
   def setup(self):

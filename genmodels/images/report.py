@@ -31,9 +31,9 @@ EVAL_BATCH = 1000
 
 def likelihood_label(model) -> str:
   """What a model's ``log_prob`` is: the exact mass, or the bound its class
-  names in ``LIKELIHOOD`` (a flow's dequantization bound, a VAE's IWAE)."""
+  names in ``bound_note`` (a flow's dequantization bound, a VAE's IWAE)."""
   if model.log_prob_is_bound:
-    return model.LIKELIHOOD
+    return model.bound_note
   return LIKELIHOOD
 
 

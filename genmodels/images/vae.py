@@ -217,6 +217,8 @@ class ImageVAE(base.DensityModel):
   """
   trains_by_nll = False
   log_prob_is_bound = True
+  bound_note = ("IWAE lower bound on the discrete mass (num_importance_samples "
+                "draws; no dequantization: the decoder is discrete)")
 
   num_levels: int = 4
   image_shape: tuple[int, int, int] = (16, 16, 1)

@@ -51,6 +51,9 @@ class DensityModel(nn.Module):
   has_density: ClassVar[bool] = True  # False: samples only (scored by samples)
   log_prob_is_bound: ClassVar[bool] = False  # log_prob <= log p(x)
   trains_by_nll: ClassVar[bool] = True  # False: ``training_loss`` is its own
+  # Which bound ``log_prob`` is, in words, where ``log_prob_is_bound``: the
+  # reports print it beside every number computed from it.
+  bound_note: ClassVar[str] = "a lower bound on log p(x)"
 
   def log_prob(self, x: Array) -> Array:
     raise NotImplementedError(f"{type(self).__name__} has no log_prob")
