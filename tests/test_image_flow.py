@@ -41,7 +41,8 @@ def init_perturbed(model, key=0, scale=0.2, n=16):
   return _VARIABLES[cache]
 
 
-@pytest.mark.parametrize("shape,steps", [((4, 4, 1), 2), ((8, 8, 1), 1)])
+@pytest.mark.parametrize("shape,steps", [
+    pytest.param((4, 4, 1), 2, marks=pytest.mark.slow), ((8, 8, 1), 1)])
 def test_inverse_undoes_forward(shape, steps):
   model = tiny(shape, num_steps_per_level=steps)
   variables = init_perturbed(model)
@@ -152,6 +153,7 @@ def test_dequantized_bound_against_quadrature():
                 < 5 * np.sqrt(clipped_mass * (1 - clipped_mass) / n) + 1e-3)
 
 
+@pytest.mark.slow  # a training run / many compiles: the slow tier (.ci/run)
 def test_samples_determinism_and_out_of_range():
   shape, k = (4, 4, 1), 4
   model = tiny(shape, num_levels=k, num_steps_per_level=1)
@@ -178,6 +180,7 @@ def test_samples_determinism_and_out_of_range():
   assert np.all(metric_fn(v, jnp.concatenate([bad] * 3))["nll"] == np.inf)
 
 
+@pytest.mark.slow  # a training run / many compiles: the slow tier (.ci/run)
 def test_training_lowers_the_bound():
   shape, k = (4, 4, 1), 4
   model = tiny(shape, num_levels=k, num_steps_per_level=1)

@@ -204,6 +204,7 @@ def test_bad_fields_are_usage_errors():
       _init(_model(**kw), ALL[:2])
 
 
+@pytest.mark.slow  # a training run / many compiles: the slow tier (.ci/run)
 def test_im2col_and_xla_compute_the_same_function(small):
   model, v, _ = small
   xla = _model(conv_impl="xla")
@@ -215,6 +216,7 @@ def test_im2col_and_xla_compute_the_same_function(small):
 # Training ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a training run / many compiles: the slow tier (.ci/run)
 def test_fifty_adam_steps_raise_the_elbo():
   rng = np.random.default_rng(0)
   protos = np.array([[0, 3, 3, 0], [3, 0, 0, 3]])
