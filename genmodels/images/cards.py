@@ -9,7 +9,10 @@ image model is one module with its ``CARD`` and one line below.
 from __future__ import annotations
 
 from genmodels.errors import UsageError
+from genmodels.images import flow
 from genmodels.images import models
+from genmodels.images import pixelcnn
+from genmodels.images import vae
 from genmodels.models import base
 
 IMAGE_CARDS: dict[str, base.ModelCard] = {}
@@ -24,6 +27,9 @@ def register(card: base.ModelCard) -> base.ModelCard:
 
 register(models.INDEPENDENT_PIXELS)
 register(models.PIXEL_MIXTURE)
+register(pixelcnn.CARD)
+register(flow.CARD)
+register(vae.CARD)
 
 
 def names() -> list[str]:
