@@ -275,7 +275,7 @@ def book_sized_unit():
 # CPU default (2 contended cores, im2col, inside the engine's scan): ~100 ms a
 # step at 16x16/4 levels and ~340 ms at 28x28/256 at batch 32, so 1,000 steps
 # train in ~2 and ~5.5 minutes; lax's conv was 6x slower there (635 / 1827 ms).
-DEFAULT_STEPS, DEFAULT_LR, DEFAULT_BATCH = 1000, 2e-3, 32
+DEFAULT_STEPS, DEFAULT_LR, DEFAULT_BATCH = 1500, 2e-3, 32
 
 
 def default_unit():
