@@ -261,7 +261,7 @@ def test_check_refuses_bad_fields():
   for field, value, match in [("image_size", 0, "image_size"),
                               ("num_levels", 1, "num_levels"),
                               ("dataset", "mnist", "unknown dataset"),
-                              ("model", "pixelcnn", "unknown --model")]:
+                              ("model", "no_such_model", "unknown --model")]:
     c = images_config.get_config("smoke")
     c[field] = value
     with pytest.raises(UsageError, match=match):
