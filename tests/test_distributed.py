@@ -95,6 +95,7 @@ def _two_processes(shared, out_prefix, preempt_rank=None):
   return [p.returncode for p in procs], logs
 
 
+@pytest.mark.slow  # real processes (a minute on 2 cores): the slow tier, run by .ci/run
 def test_two_processes_agree_with_one(tmp_path):
   shared = tmp_path / "shared"
   codes, logs = _two_processes(shared, str(tmp_path / "out"))
@@ -122,6 +123,7 @@ def test_two_processes_agree_with_one(tmp_path):
       os.listdir(tmp_path / "single" / "checkpoints"))
 
 
+@pytest.mark.slow  # real processes (a minute on 2 cores): the slow tier, run by .ci/run
 def test_a_stop_request_on_one_process_stops_both_at_the_same_step(tmp_path):
   """A SIGTERM that reaches process 1 only: both save one checkpoint and stop."""
   shared = tmp_path / "shared"

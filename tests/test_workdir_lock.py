@@ -52,6 +52,7 @@ def _holder_pid(workdir):
   return locking.read_holder(os.path.join(workdir, workdir_lib.LOCK_FILE)).get("pid")
 
 
+@pytest.mark.slow  # three real runs: the slow tier, run by .ci/run
 def test_second_run_into_a_live_workdir_is_refused_and_changes_nothing(tmp_path):
   workdir = tmp_path / "run"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
