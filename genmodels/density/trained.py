@@ -67,16 +67,7 @@ class TrainedDensity:
 
   def sample(self, key: jax.Array, n: int) -> np.ndarray:
     """n points [n, 2] in degrees; n an integer in [1, MAX_SAMPLES]."""
-    try:
-      if isinstance(n, bool):
-        raise TypeError
-      n = operator.index(n)
-    except TypeError:
-      raise UsageError(f"n must be an integer number of points, got {n!r}") from None
-    if not 1 <= n <= self.MAX_SAMPLES:
-      raise UsageError(f"n must be between 1 and {self.MAX_SAMPLES:,} "
-                       f"(TrainedDensity.MAX_SAMPLES) per call, got {n:,}: "
-                       "draw larger sets in several calls with different keys")
+    n = sample_count(n, self.MAX_SAMPLES, "points", "TrainedDensity")
     return np.asarray(self._sample(self.params, key, n))
 
   def diagnostics(self, x) -> dict[str, float]:
@@ -84,6 +75,21 @@ class TrainedDensity:
     out = self.model.apply({"params": self.params}, jnp.asarray(x, jnp.float32),
                            method="diagnostics")
     return {k: float(v) for k, v in out.items()}
+
+
+def sample_count(n, limit: int, what: str, owner: str) -> int:
+  """n as an int in [1, limit], or the one-line error (a bool or 2.5 is not a count)."""
+  try:
+    if isinstance(n, bool):
+      raise TypeError
+    n = operator.index(n)
+  except TypeError:
+    raise UsageError(f"n must be an integer number of {what}, got {n!r}") from None
+  if not 1 <= n <= limit:
+    raise UsageError(f"n must be between 1 and {limit:,} ({owner}.MAX_SAMPLES) per "
+                     f"call, got {n:,}: draw larger sets in several calls with "
+                     "different keys")
+  return n
 
 
 def save(model_dir: str, name: str, model_fields: dict, params) -> None:

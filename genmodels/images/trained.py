@@ -9,7 +9,6 @@ Each model of an image workdir lives in ``workdir/models/NAME/`` with its
 from __future__ import annotations
 
 import json
-import operator
 import os
 
 import jax
@@ -79,16 +78,7 @@ class TrainedImageModel:
 
   def sample(self, key: jax.Array, n: int) -> np.ndarray:
     """n images, uint8 [n, H, W, C]; n an integer in [1, MAX_SAMPLES]."""
-    try:
-      if isinstance(n, bool):
-        raise TypeError
-      n = operator.index(n)
-    except TypeError:
-      raise UsageError(f"n must be an integer number of images, got {n!r}") from None
-    if not 1 <= n <= self.MAX_SAMPLES:
-      raise UsageError(f"n must be between 1 and {self.MAX_SAMPLES:,} "
-                       f"(TrainedImageModel.MAX_SAMPLES) per call, got {n:,}: "
-                       "draw larger sets in several calls with different keys")
+    n = density_trained.sample_count(n, self.MAX_SAMPLES, "images", "TrainedImageModel")
     return np.asarray(self._sample(self.params, key, n)).astype(np.uint8)
 
 
